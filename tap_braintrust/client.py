@@ -1,0 +1,236 @@
+"""The one place that talks HTTP to Braintrust: auth, requests, paging, retries and errors.
+
+Every request goes through `BraintrustStream.fetch_json`, so retries, error messages and
+secret redaction are decided once, here.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from http import HTTPStatus
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
+
+from singer_sdk import RESTStream
+from singer_sdk.authenticators import BearerTokenAuthenticator
+from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+
+from tap_braintrust.timestamps import normalize_timestamp
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    import requests
+    from singer_sdk.helpers.types import Context
+
+USER_AGENT = f"tap-braintrust/{version('tap-braintrust')}"
+
+# Longest part of a server's error text kept in our messages: enough to read the reason.
+_SERVER_TEXT_LIMIT = 500
+
+_CHECK_CONNECTION = "check `api_key`, `api_url` and `org_name`"
+_STATUS_ADVICE: dict[int, str] = {
+    HTTPStatus.UNAUTHORIZED: (
+        "Braintrust rejected the API key; "
+        f"{_CHECK_CONNECTION} (a key works only on its own org's data plane)"
+    ),
+    HTTPStatus.FORBIDDEN: (
+        "the API key may not read this; check that `api_key` belongs to the org in "
+        "`org_name` and has read access to the configured projects"
+    ),
+    HTTPStatus.NOT_FOUND: (
+        "not found; check `api_url` (the data plane, e.g. https://api.braintrust.dev "
+        "or https://api-eu.braintrust.dev) and the configured project ids"
+    ),
+}
+
+
+class BraintrustAPIError(FatalAPIError):
+    """A failure the user must act on: the message says what to do and holds no secret."""
+
+
+class BraintrustStream(RESTStream[None]):
+    """Base of every stream: Bearer auth, org header, timeouts and actionable errors."""
+
+    @property
+    @override
+    def url_base(self) -> str:
+        return str(self.config["api_url"]).rstrip("/")
+
+    @cached_property
+    @override
+    def authenticator(self) -> BearerTokenAuthenticator:
+        return BearerTokenAuthenticator(token=self.config["api_key"])
+
+    @cached_property
+    @override
+    def user_agent(self) -> str:
+        return USER_AGENT
+
+    @property
+    @override
+    def http_headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if org_name := self.config.get("org_name"):
+            headers["x-bt-org-name"] = org_name
+        return headers
+
+    @property
+    @override
+    def timeout(self) -> int:
+        return int(self.config["request_timeout"])
+
+    def fetch_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """Send one request, retrying transient failures, and return its decoded JSON body."""
+        prepared = self.build_prepared_request(
+            method=method,
+            url=f"{self.url_base}{path}",
+            params=params,
+            json=body,
+            headers=self.http_headers,
+        )
+        return self._send_with_retries(prepared)
+
+    @cached_property
+    def _send_with_retries(self) -> Callable[[requests.PreparedRequest], Any]:
+        # The SDK's retry decorator (and its overridable backoff hooks) wraps any callable;
+        # ours returns decoded JSON so that a truncated body is retried like a 5xx.
+        decorator = cast(
+            "Callable[[Callable[..., Any]], Callable[..., Any]]", self.request_decorator
+        )
+        return decorator(self._send)
+
+    def _send(self, prepared: requests.PreparedRequest) -> Any:
+        # Redirects are not followed: a data plane that moved is a config error, and
+        # following one could hand the Authorization header to another host.
+        response = self.requests_session.send(prepared, timeout=self.timeout, allow_redirects=False)
+        self.validate_response(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            msg = f"{self._describe(response)} answered with a body that is not JSON"
+            raise RetriableAPIError(msg, response) from exc
+
+    @override
+    def validate_response(self, response: requests.Response) -> None:
+        status = response.status_code
+        if status < HTTPStatus.MULTIPLE_CHOICES:
+            return
+        if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            raise RetriableAPIError(self.response_error_message(response), response)
+        raise BraintrustAPIError(self.response_error_message(response))
+
+    @override
+    def response_error_message(self, response: requests.Response) -> str:
+        status = response.status_code
+        message = f"{self._describe(response)} failed with {status} {response.reason}"
+        if HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
+            location = response.headers.get("Location", "?")
+            return (
+                f"{message}: it redirects to {location}; set `api_url` to the data plane URL "
+                "itself (redirects are not followed, so the API key stays with one host)"
+            )
+        if advice := _STATUS_ADVICE.get(status):
+            message = f"{message}: {advice}"
+        if server_text := self._server_text(response):
+            message = f"{message}. Braintrust said: {server_text}"
+        return message
+
+    def _describe(self, response: requests.Response) -> str:
+        """Name the request by method and path only: query strings are not worth the risk."""
+        url = urlsplit(response.request.url or "")
+        return f"{response.request.method} {url.scheme}://{url.netloc}{url.path}"
+
+    def _server_text(self, response: requests.Response) -> str:
+        """The server's reason (its JSON `Message` when present), shortened and redacted."""
+        try:
+            body = response.json()
+        except ValueError:
+            text = response.text
+        else:
+            text = str(body.get("Message", body)) if isinstance(body, dict) else str(body)
+        return self.redact(text.strip()[:_SERVER_TEXT_LIMIT])
+
+    def redact(self, text: str) -> str:
+        """Remove the API key from text that leaves the tap (a server may echo it)."""
+        api_key = str(self.config.get("api_key") or "")
+        return text.replace(api_key, "<api_key>") if api_key else text
+
+
+class ObjectListingStream(BraintrustStream):
+    """A `/v1/<object>` listing: full table, paged with `starting_after` until an empty page."""
+
+    primary_keys = ("id",)
+    replication_key = None
+    timestamp_fields: tuple[str, ...] = ("created", "deleted_at")
+
+    def listing_filters(self, context: Context | None) -> dict[str, Any]:  # noqa: ARG002
+        """Filters sent with every page of the listing (e.g. the parent project)."""
+        return {}
+
+    @override
+    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
+        params: dict[str, Any] = {
+            "limit": self.config["page_size"],
+            **self.listing_filters(context),
+        }
+        if org_name := self.config.get("org_name"):
+            params["org_name"] = org_name
+        seen_cursors: set[str] = set()
+        with self.get_http_request_counter() as request_counter:
+            request_counter.with_context(context)
+            while True:
+                objects = self._objects(self.fetch_json("GET", self.path, params=params))
+                request_counter.increment()
+                if not objects:
+                    return
+                yield from objects
+                params["starting_after"] = self._next_cursor(objects, seen_cursors)
+
+    @override
+    def post_process(
+        self,
+        row: dict[str, Any],
+        context: Context | None = None,
+    ) -> dict[str, Any] | None:
+        for field in self.timestamp_fields:
+            if field in row:
+                row[field] = normalize_timestamp(row[field])
+        return row
+
+    def _objects(self, body: Any) -> list[dict[str, Any]]:
+        objects = body.get("objects") if isinstance(body, dict) else None
+        if not isinstance(objects, list) or not all(
+            isinstance(obj, dict) and isinstance(obj.get("id"), str) for obj in objects
+        ):
+            msg = (
+                f"GET {self.url_base}{self.path} answered without a list of objects with ids "
+                "under `objects`; is `api_url` a Braintrust data plane?"
+            )
+            raise BraintrustAPIError(msg)
+        return objects
+
+    def _next_cursor(self, objects: list[dict[str, Any]], seen: set[str]) -> str:
+        cursor = str(objects[-1]["id"])
+        if cursor in seen:
+            msg = (
+                f"GET {self.url_base}{self.path} returned page after page ending with id "
+                f"{cursor}; stopping instead of looping"
+            )
+            raise BraintrustAPIError(msg)
+        seen.add(cursor)
+        return cursor

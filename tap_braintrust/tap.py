@@ -1,0 +1,158 @@
+"""tap-braintrust: settings, their validation, and the list of streams."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+from singer_sdk import Tap
+from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, RetriableAPIError
+
+from tap_braintrust import streams
+from tap_braintrust.timestamps import parse_timestamp
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from singer_sdk.streams import Stream
+
+DEFAULT_API_URL = "https://api.braintrust.dev"
+
+
+class TapBraintrust(Tap):
+    """Singer tap for Braintrust projects, experiments, datasets and their rows."""
+
+    name = "tap-braintrust"
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "api_key",
+            th.StringType(min_length=1),
+            required=True,
+            secret=True,
+            title="API key",
+            description="Braintrust API key (`sk-...`), sent as a Bearer token.",
+        ),
+        th.Property(
+            "api_url",
+            th.StringType(min_length=1),
+            default=DEFAULT_API_URL,
+            title="API URL",
+            description=(
+                "Data plane base URL: https://api.braintrust.dev (US), "
+                "https://api-eu.braintrust.dev (EU) or a self-hosted data plane."
+            ),
+        ),
+        th.Property(
+            "org_name",
+            th.StringType(min_length=1),
+            title="Organization name",
+            description="For keys that belong to several orgs: the org to read.",
+        ),
+        th.Property(
+            "start_date",
+            th.DateTimeType,
+            title="Start date",
+            description="Earliest `created` time to sync (ISO-8601). Unset: all history.",
+        ),
+        th.Property(
+            "project_ids",
+            th.ArrayType(th.StringType(min_length=1)),
+            title="Project ids",
+            description="Only these projects (and their experiments, datasets and rows).",
+        ),
+        th.Property(
+            "project_names",
+            th.ArrayType(th.StringType(min_length=1)),
+            title="Project names",
+            description="Only these projects, by name; combines with `project_ids`.",
+        ),
+        th.Property(
+            "page_size",
+            th.IntegerType(minimum=1, maximum=1000),
+            default=1000,
+            title="Page size",
+            description="Objects or rows asked for per request (1 to 1000).",
+        ),
+        th.Property(
+            "request_timeout",
+            th.IntegerType(minimum=1),
+            default=60,
+            title="Request timeout",
+            description="Seconds to wait for one HTTP response before retrying.",
+        ),
+    ).to_dict()
+
+    @override
+    def discover_streams(self) -> list[Stream]:
+        return [
+            streams.ProjectsStream(self),
+            streams.ExperimentsStream(self),
+            streams.DatasetsStream(self),
+        ]
+
+    @override
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        # The schema catches types and ranges; these catch values that type-check but
+        # cannot work, and every problem is reported in one error.
+        errors = super()._validate_config(raise_errors=False) + config_problems(self.config)
+        if errors and raise_errors:
+            summary = "Config validation failed"
+            raise ConfigValidationError(summary, errors=errors, schema=self.config_jsonschema)
+        return errors
+
+    @override
+    @classmethod
+    def invoke(cls, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().invoke(*args, **kwargs)
+        except (FatalAPIError, RetriableAPIError, requests.RequestException) as exc:
+            # Already actionable and secret-free (see client.py): one line, no traceback.
+            cls.logger.error("%s", exc)  # noqa: TRY400
+            sys.exit(1)
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """Problems with values that pass the JSON Schema but cannot work."""
+    problems: list[str] = []
+    api_key = config.get("api_key")
+    if isinstance(api_key, str) and api_key != api_key.strip():
+        problems.append("api_key has leading or trailing white space; paste the key alone")
+    api_url = config.get("api_url")
+    if isinstance(api_url, str):
+        problems.extend(_api_url_problems(api_url))
+    start_date = config.get("start_date")
+    if isinstance(start_date, str):
+        try:
+            parse_timestamp(start_date)
+        except ValueError as exc:
+            problems.append(f"start_date: {exc}")
+    for setting in ("project_ids", "project_names"):
+        values = config.get(setting)
+        if isinstance(values, list) and len(set(values)) != len(values):
+            problems.append(f"{setting} lists a value more than once")
+    return problems
+
+
+def _api_url_problems(api_url: str) -> list[str]:
+    url = urlsplit(api_url)
+    example = f"an http(s) base URL such as {DEFAULT_API_URL}"
+    if url.username or url.password:  # checked first: such a URL is not echoed
+        return ["api_url must not carry credentials; put the key in api_key"]
+    if url.scheme not in {"http", "https"} or not url.hostname:
+        return [f"api_url must be {example}, not {api_url!r}"]
+    if url.query or url.fragment:
+        return [f"api_url must be {example}, without a query string or fragment"]
+    return []
+
+
+if __name__ == "__main__":
+    TapBraintrust.cli()

@@ -1,0 +1,95 @@
+"""singer-sdk's standard tap suite, plus the key and type checks it gets wrong in 0.54.9."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from jsonschema import Draft7Validator, FormatChecker
+from singer_sdk.testing import SuiteConfig, get_tap_test_class
+
+from tap_braintrust.tap import TapBraintrust
+from tests.conftest import API_KEY, tap_config
+from tests.emulator import Emulator, generate_demo
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from tests.conftest import TapRun
+
+# The standard suite reads its config when pytest collects this module, so this emulator
+# starts at import and stops when the module's tests are done.
+SUITE_EMULATOR = Emulator(api_key=API_KEY).start()
+generate_demo(SUITE_EMULATOR.store, seed=7)
+
+TestTapBraintrust = get_tap_test_class(
+    TapBraintrust,
+    config=tap_config(SUITE_EMULATOR, page_size=2),
+    suite_config=SuiteConfig(max_records_limit=None),
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_suite_emulator() -> Iterator[None]:
+    yield
+    SUITE_EMULATOR.stop()
+
+
+STREAMS = ("projects", "experiments", "datasets")
+FIXED_WIDTH_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+@pytest.fixture
+def full_sync(emulator: Emulator, run_tap: Callable[..., TapRun]) -> TapRun:
+    run = run_tap(tap_config(emulator, page_size=3))
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_primary_keys_are_unique(full_sync: TapRun, stream: str) -> None:
+    ids = [record["id"] for record in full_sync.records(stream)]
+    assert ids, f"{stream} emitted no records"
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_records_match_their_schema(full_sync: TapRun, stream: str) -> None:
+    schema = full_sync.schemas()[stream]["schema"]
+    validator = Draft7Validator(schema, format_checker=FormatChecker())
+    for record in full_sync.records(stream):
+        errors = [error.message for error in validator.iter_errors(record)]
+        assert not errors, f"{stream} record {record['id']}: {errors}"
+        # Every key the record carries is declared, so no target drops a field silently.
+        assert set(record) <= set(schema["properties"]), set(record) - set(schema["properties"])
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_timestamps_are_fixed_width_utc(full_sync: TapRun, stream: str) -> None:
+    created = [record["created"] for record in full_sync.records(stream)]
+    assert created
+    assert all(FIXED_WIDTH_UTC.fullmatch(value) for value in created), created
+
+
+def test_records_equal_the_emulators_truth(emulator: Emulator, full_sync: TapRun) -> None:
+    truth = _truth(emulator)
+    for stream in STREAMS:
+        emitted = {record["id"]: record for record in full_sync.records(stream)}
+        assert emitted.keys() == truth[stream].keys(), stream
+        for object_id, expected in truth[stream].items():
+            got = emitted[object_id]
+            for key, value in expected.items():
+                if key in {"created", "deleted_at"} and value is not None:
+                    assert got[key].startswith(value[:-1]), (stream, key)
+                else:
+                    assert got.get(key) == value, (stream, object_id, key)
+
+
+def _truth(emulator: Emulator) -> dict[str, dict[str, dict[str, Any]]]:
+    store = emulator.store
+    return {
+        "projects": {p["id"]: p for p in store.list_objects("project")},
+        "experiments": {e["id"]: e for e in store.list_objects("experiment")},
+        "datasets": {d["id"]: d for d in store.list_objects("dataset")},
+    }

@@ -1,0 +1,159 @@
+"""Projects, experiments and datasets against the emulator: selection, paging, org, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+from tests.conftest import API_KEY, TAP_EXECUTABLE, tap_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import TapRun
+    from tests.emulator import Emulator
+
+LISTINGS = ("/v1/project", "/v1/experiment", "/v1/dataset")
+
+
+def _listing_requests(emulator: Emulator, path: str) -> list[Any]:
+    return [r for r in emulator.request_log if r.path == path]
+
+
+def test_wrong_key_fails_with_one_clear_error(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    wrong_key = "sk-wrong-0123456789abcdef0123456789abcdef"
+    run = run_tap({**tap_config(emulator), "api_key": wrong_key})
+    assert run.returncode == 1
+    assert "401" in run.stderr
+    assert "check `api_key`, `api_url` and `org_name`" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert wrong_key not in run.stdout + run.stderr
+    assert not [m for m in run.messages if m["type"] == "RECORD"]
+
+
+def test_unknown_api_path_is_named(emulator: Emulator, run_tap: Callable[..., TapRun]) -> None:
+    run = run_tap(tap_config(emulator, api_url=f"{emulator.url}/not-the-api"))
+    assert run.returncode == 1
+    assert f"GET {emulator.url}/not-the-api/v1/project failed with 404" in run.stderr
+    assert "check `api_url`" in run.stderr
+
+
+def test_project_ids_limit_every_stream(emulator: Emulator, run_tap: Callable[..., TapRun]) -> None:
+    projects = emulator.store.list_objects("project")
+    chosen = projects[0]
+    run = run_tap(tap_config(emulator, project_ids=[chosen["id"]]))
+    assert run.returncode == 0, run.stderr
+    assert [p["id"] for p in run.records("projects")] == [chosen["id"]]
+    for stream, kind in (("experiments", "experiment"), ("datasets", "dataset")):
+        objects = emulator.store.list_objects(kind)
+        expected = {o["id"] for o in objects if o["project_id"] == chosen["id"]}
+        assert expected
+        assert {o["id"] for o in run.records(stream)} == expected
+    # Other projects' children are never requested.
+    for path in ("/v1/experiment", "/v1/dataset"):
+        asked = {r.query["project_id"][0] for r in _listing_requests(emulator, path)}
+        assert asked == {chosen["id"]}
+    (project_listing,) = _listing_requests(emulator, "/v1/project")
+    assert project_listing.query["ids"] == [chosen["id"]]
+
+
+def test_project_names_select_by_exact_name(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    tricky = next(p for p in emulator.store.list_objects("project") if "'" in p["name"])
+    run = run_tap(tap_config(emulator, project_names=[tricky["name"]]))
+    assert run.returncode == 0, run.stderr
+    assert [p["id"] for p in run.records("projects")] == [tricky["id"]]
+    assert {e["project_id"] for e in run.records("experiments")} == {tricky["id"]}
+
+
+def test_missing_projects_are_named_before_anything_is_emitted(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    real = emulator.store.list_objects("project")[0]
+    run = run_tap(
+        tap_config(
+            emulator,
+            project_ids=[real["id"], "00000000-0000-4000-8000-000000000000"],
+            project_names=["No such project"],
+        )
+    )
+    assert run.returncode == 1
+    assert "Configured projects not found in Braintrust" in run.stderr
+    assert "id '00000000-0000-4000-8000-000000000000'" in run.stderr
+    assert "name 'No such project'" in run.stderr
+    assert not [m for m in run.messages if m["type"] == "RECORD"]
+
+
+def test_page_size_one_pages_with_starting_after_until_an_empty_page(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    run = run_tap(tap_config(emulator, page_size=1))
+    assert run.returncode == 0, run.stderr
+    projects = emulator.store.list_objects("project")
+    assert len(run.records("projects")) == len(projects)
+    requests = _listing_requests(emulator, "/v1/project")
+    assert len(requests) == len(projects) + 1  # one per object, then the empty page
+    assert all(r.query["limit"] == ["1"] for r in requests)
+    cursors = [r.query.get("starting_after", [None])[0] for r in requests]
+    emitted = [p["id"] for p in run.records("projects")]
+    assert cursors == [None, *emitted]
+
+
+def test_org_name_is_sent_and_scopes_a_multi_org_key(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    emulator.store.add_org("other-org")
+    foreign = emulator.store.add_project("Other org's project", org_name="other-org")
+    shared_key = "sk-shared-00112233445566778899aabbccddeeff"
+    emulator.add_api_key(shared_key, ["acme", "other-org"])
+
+    everything = run_tap({**tap_config(emulator), "api_key": shared_key})
+    assert foreign["id"] in {p["id"] for p in everything.records("projects")}
+
+    emulator.request_log.clear()
+    scoped = run_tap({**tap_config(emulator), "api_key": shared_key, "org_name": "other-org"})
+    assert scoped.returncode == 0, scoped.stderr
+    assert [p["id"] for p in scoped.records("projects")] == [foreign["id"]]
+    listings = [r for r in emulator.request_log if r.path in LISTINGS]
+    assert listings
+    for request in listings:
+        assert request.headers.get("x-bt-org-name") == "other-org"
+        assert request.query["org_name"] == ["other-org"]
+
+
+def test_selecting_only_a_child_stream_reads_its_parent_silently(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    catalog = json.loads(
+        subprocess.run(
+            [TAP_EXECUTABLE, "--discover"], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+    )
+    for entry in catalog["streams"]:
+        for metadata in entry["metadata"]:
+            if metadata["breadcrumb"] == []:
+                metadata["metadata"]["selected"] = entry["tap_stream_id"] == "datasets"
+    run = run_tap(tap_config(emulator), catalog=catalog)
+    assert run.returncode == 0, run.stderr
+    emitted_streams = {m["stream"] for m in run.messages if m["type"] == "RECORD"}
+    assert emitted_streams == {"datasets"}
+    assert {d["id"] for d in run.records("datasets")} == {
+        d["id"] for d in emulator.store.list_objects("dataset")
+    }
+
+
+def test_requests_carry_the_key_only_as_a_bearer_token(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    run = run_tap(tap_config(emulator))
+    assert run.returncode == 0, run.stderr
+    assert emulator.request_log
+    for request in emulator.request_log:
+        assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+        assert API_KEY not in json.dumps(request.query)
+        assert request.headers["User-Agent"].startswith("tap-braintrust/")
+    assert API_KEY not in run.stdout + run.stderr

@@ -1,0 +1,126 @@
+"""Settings: validation, discovery without config, and docs that stay in step with the code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from tap_braintrust.client import BraintrustStream
+from tap_braintrust.tap import TapBraintrust
+from tests.conftest import API_KEY, TAP_EXECUTABLE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import TapRun
+
+ROOT = Path(__file__).parent.parent
+GOOD = {"api_key": API_KEY, "api_url": "http://127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({}, "'api_key' is a required property"),
+        ({**GOOD, "api_key": ""}, "should be non-empty"),
+        ({**GOOD, "api_key": f" {API_KEY}\n"}, "api_key has leading or trailing white space"),
+        ({**GOOD, "api_url": "api.braintrust.dev"}, "api_url must be an http(s) base URL"),
+        ({**GOOD, "api_url": "ftp://api.braintrust.dev"}, "api_url must be an http(s) base URL"),
+        ({**GOOD, "api_url": "https://u:p@api.braintrust.dev"}, "must not carry credentials"),
+        ({**GOOD, "api_url": "https://api.braintrust.dev/?x=1"}, "without a query string"),
+        ({**GOOD, "start_date": "last tuesday"}, "start_date: 'last tuesday' is not an ISO-8601"),
+        ({**GOOD, "start_date": "2026-02-30T00:00:00Z"}, "start_date: '2026-02-30T00:00:00Z'"),
+        ({**GOOD, "page_size": 0}, "0 is less than the minimum of 1"),
+        ({**GOOD, "page_size": 1001}, "1001 is greater than the maximum of 1000"),
+        ({**GOOD, "page_size": "100"}, "'100' is not of type 'integer'"),
+        ({**GOOD, "request_timeout": 0}, "0 is less than the minimum of 1"),
+        ({**GOOD, "project_ids": "abc"}, "'abc' is not of type 'array'"),
+        ({**GOOD, "project_ids": ["a", "a"]}, "project_ids lists a value more than once"),
+        ({**GOOD, "project_names": [""]}, "should be non-empty"),
+    ],
+)
+def test_bad_config_fails_with_a_clear_message(
+    run_tap: Callable[..., TapRun], config: dict[str, Any], problem: str
+) -> None:
+    run = run_tap(config)
+    assert run.returncode == 1
+    assert problem in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.messages == []
+
+
+def test_every_config_problem_is_reported_at_once(run_tap: Callable[..., TapRun]) -> None:
+    run = run_tap({"api_url": "nope", "page_size": 0, "start_date": "soon"})
+    assert run.returncode == 1
+    for problem in ("'api_key' is a required property", "api_url must be", "minimum of 1", "soon"):
+        assert problem in run.stderr
+
+
+def test_api_url_tolerates_a_trailing_slash() -> None:
+    tap = TapBraintrust(config={**GOOD, "api_url": "https://api-eu.braintrust.dev/"})
+    projects = tap.streams["projects"]
+    assert isinstance(projects, BraintrustStream)
+    assert projects.url_base == "https://api-eu.braintrust.dev"
+
+
+def test_defaults_apply() -> None:
+    tap = TapBraintrust(config={"api_key": API_KEY})
+    assert tap.config["api_url"] == "https://api.braintrust.dev"
+    assert tap.config["page_size"] == 1000
+    assert tap.config["request_timeout"] == 60
+
+
+def test_discover_needs_no_config_and_no_network() -> None:
+    # No config at all; any network use would fail (nothing listens on the default host here).
+    done = subprocess.run(
+        [TAP_EXECUTABLE, "--discover"], capture_output=True, text=True, timeout=60, check=True
+    )
+    catalog = json.loads(done.stdout)
+    streams = {entry["tap_stream_id"]: entry for entry in catalog["streams"]}
+    assert set(streams) == {"projects", "experiments", "datasets"}
+    for entry in streams.values():
+        assert entry["key_properties"] == ["id"]
+        assert entry["replication_method"] == "FULL_TABLE"
+
+
+def test_readme_settings_table_matches_about() -> None:
+    about = subprocess.run(
+        [TAP_EXECUTABLE, "--about", "--format=markdown"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    table = [line for line in about.splitlines() if line.startswith("|")]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert table, "no settings table in --about output"
+    start = readme.index(table[0])
+    assert readme[start : start + len(table)] == table
+
+
+def test_about_shows_no_secret(run_tap: Callable[..., TapRun]) -> None:
+    run = run_tap({"api_key": API_KEY}, "--about", "--format=json")
+    assert run.returncode == 0, run.stderr
+    assert API_KEY not in run.stdout + run.stderr
+    settings = json.loads(run.stdout)["settings"]["properties"]
+    assert settings["api_key"]["secret"] is True
+
+
+def test_meltano_settings_mirror_the_config_schema() -> None:
+    meltano = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    (extractor,) = meltano["plugins"]["extractors"]
+    declared = {setting["name"]: setting for setting in extractor["settings"]}
+    properties = TapBraintrust.config_jsonschema["properties"]
+    assert declared.keys() == properties.keys()
+    assert declared["api_key"]["sensitive"] is True
+    for name, setting in declared.items():
+        assert setting.get("value") == properties[name].get("default"), name
+        kind = {"string": "string", "integer": "integer", "array": "array"}
+        json_type = properties[name]["type"][0]
+        expected_kind = "date_iso8601" if name == "start_date" else kind[json_type]
+        assert setting["kind"] == expected_kind, name
