@@ -1,0 +1,69 @@
+"""Run the emulator by hand: `python -m tests.emulator --port 8787 --demo [--seed 7] [--api-key K]`.
+
+Useful for pointing the tap (or Meltano) at a local Braintrust while developing; it serves until
+SIGINT or SIGTERM and then shuts down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+from tests.emulator.server import Emulator
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, serve, and return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__)
+    parser.add_argument("--port", type=int, default=8787, help="port on 127.0.0.1 (0 = any free)")
+    parser.add_argument("--demo", action="store_true", help="load the deterministic demo data")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the demo data")
+    parser.add_argument("--api-key", default="sk-demo", help="the API key clients must send")
+    parser.add_argument("--org-name", default="acme", help="the organization of that key")
+    parser.add_argument(
+        "--page-byte-budget",
+        type=int,
+        default=2_000_000,
+        help="a /btql page stops before its rows pass this many bytes",
+    )
+    args = parser.parse_args(argv)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    emulator = Emulator(
+        api_key=args.api_key,
+        org_name=args.org_name,
+        port=args.port,
+        page_byte_budget=args.page_byte_budget,
+    )
+    with emulator:
+        if args.demo:
+            demo = emulator.load_demo(seed=args.seed)
+            rows = sum(demo.row_counts.values())
+            _say(f"demo data: {len(demo.projects)} projects, {rows} rows (seed {args.seed})")
+        _say(f"Braintrust emulator listening on {emulator.url}")
+        _say(f"api key: {args.api_key}  (org {args.org_name!r}; Ctrl-C to stop)")
+        while not stopping.wait(0.5):
+            pass
+    _say("stopped")
+    return 0
+
+
+def _say(line: str) -> None:
+    """Print and flush at once: a parent process may be waiting for the URL line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

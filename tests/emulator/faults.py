@@ -1,0 +1,109 @@
+"""Deterministic fault injection: tests prove the tap survives what the service does under load."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+FaultKind = Literal["status", "drop", "slow", "truncate", "garbage"]
+"""status: an HTTP error (optionally with Retry-After); drop: close the connection unanswered;
+slow: sleep `delay`, then answer normally; truncate: a 200 whose body stops half-way;
+garbage: a 200 whose body is not JSON."""
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """Which requests to fault and how.
+
+    Args:
+        kind: the fault to inject.
+        path: only requests to this path (or below it); None matches every path.
+        status: the HTTP status of a `status` fault.
+        retry_after: the Retry-After header of a `status` fault (seconds or an HTTP date).
+        delay: seconds a `slow` fault waits before answering.
+        times: fault only the first n matching requests; None faults all of them.
+        probability: chance that a matching request is faulted (drawn from the seeded RNG).
+        min_limit: only /btql requests whose page limit is above this (big pages failing).
+    """
+
+    kind: FaultKind
+    path: str | None = None
+    status: int | None = None
+    retry_after: int | str | None = None
+    delay: float = 0.0
+    times: int | None = None
+    probability: float = 1.0
+    min_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        """Reject rules that could never do what they say."""
+        if self.kind not in get_args(FaultKind):
+            msg = f"unknown fault kind {self.kind!r}; expected one of {get_args(FaultKind)}"
+            raise ValueError(msg)
+        if self.kind == "status" and (self.status is None or not 100 <= self.status <= 599):
+            msg = "a status fault needs an HTTP status between 100 and 599"
+            raise ValueError(msg)
+        if self.kind == "slow" and self.delay <= 0:
+            msg = "a slow fault needs a positive delay"
+            raise ValueError(msg)
+        if not 0.0 <= self.probability <= 1.0:
+            msg = "probability must be between 0 and 1"
+            raise ValueError(msg)
+        if self.times is not None and self.times < 1:
+            msg = "times must be at least 1 (or None for every request)"
+            raise ValueError(msg)
+
+    def matches(self, path: str, limit: int | None) -> bool:
+        """Whether a request to `path` (with this /btql page `limit`) is a candidate."""
+        if (
+            self.path is not None
+            and path != self.path
+            and not path.startswith(self.path.rstrip("/") + "/")
+        ):
+            return False
+        return self.min_limit is None or (limit is not None and limit > self.min_limit)
+
+
+class FaultInjector:
+    """The emulator's active fault rules; the first rule that fires decides a request's fate."""
+
+    def __init__(self, seed: int = 0) -> None:
+        """Start with no rules; `seed` makes probabilistic rules reproducible."""
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._rules: list[FaultRule] = []
+        self._fired: dict[int, int] = {}
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        """Activate a rule (after the ones already active)."""
+        with self._lock:
+            self._rules.append(rule)
+            self._fired[id(rule)] = 0
+        return rule
+
+    def clear(self) -> None:
+        """Remove every rule."""
+        with self._lock:
+            self._rules.clear()
+            self._fired.clear()
+
+    def fired(self, rule: FaultRule) -> int:
+        """How many requests this rule has faulted so far."""
+        with self._lock:
+            return self._fired.get(id(rule), 0)
+
+    def pick(self, path: str, limit: int | None) -> FaultRule | None:
+        """The rule that faults this request, if any, counting it against its `times`."""
+        with self._lock:
+            for rule in self._rules:
+                if not rule.matches(path, limit):
+                    continue
+                if rule.times is not None and self._fired[id(rule)] >= rule.times:
+                    continue
+                if rule.probability < 1.0 and self._random.random() >= rule.probability:
+                    continue
+                self._fired[id(rule)] += 1
+                return rule
+            return None

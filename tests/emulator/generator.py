@@ -1,0 +1,554 @@
+"""Deterministic, realistic Braintrust data: the same seed (and clock) always makes the same store.
+
+The data is shaped to trip a careless tap: traces of nested spans, `created` out of insertion
+order (late rows), a run of rows sharing one `created` millisecond, merges, comments, deletes,
+huge payloads, unicode everywhere and nulls in optional fields.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tests.emulator.store import iso_ms
+
+if TYPE_CHECKING:
+    from tests.emulator.store import RowSource, Store
+
+_BULK_ROW_BASE_BYTES = 1035
+"""JSON bytes of a bulk log row before its padding (measured), so rows come out near row_bytes."""
+
+SAME_CREATED_RUN = 64
+"""Rows of the first project's logs that share one `created` millisecond."""
+
+PROJECT_NAMES = ("support-bot", "rag-search", 'O\'Brien "evals" ✓')
+_LOG_TARGETS = (460, 360, 320)
+_MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "llama-3.1-70b", None)
+_ENVIRONMENTS = ("production", "staging", "dev")
+_TAGS = ("prod", "beta", "regression", "vip", "eu", "mobile")
+_TOOLS = ("search_docs", "get_order", "refund", "translate")
+_UNICODE = (
+    "Café crème ☕ — naïve façade",
+    "東京の天気は？明日は雨ですか",  # noqa: RUF001 - full-width punctuation is the point
+    "مرحبا، كيف يمكنني مساعدتك اليوم؟",
+    "שלום! איך אפשר לעזור?",
+    "Zoë wrote: e\u0301 a\u0300\u0301\u0302 (combining marks)",
+    "Deploy done 🚀👩\u200d💻🎉 — thanks! 🙏🏽",
+    "Ünïcödé ключ 键 مفتاح",
+    "Quotes \"double\" and 'single' and back\\slash",
+)
+_QUESTIONS = (
+    "How do I reset my password?",
+    "Where is my order #{n}?",
+    "Summarise the attached contract in three bullet points.",
+    "Can I get a refund for a damaged item?",
+    "Translate this to French: the meeting moved to Thursday.",
+    "What does error E{n} mean on the dashboard?",
+    "Compare plan A and plan B pricing for {n} seats.",
+)
+_ANSWERS = (
+    "You can reset it from Settings → Security → Reset password.",
+    "Order #{n} shipped yesterday and should arrive within 2 business days.",
+    "• Term: 24 months\n• Termination: 60 days notice\n• Liability capped at fees paid",
+    "Yes, damaged items are refundable within 30 days; I have opened ticket {n}.",
+    "La réunion a été déplacée à jeudi.",
+    "E{n} means the upstream API timed out; retrying usually fixes it.",
+    "Plan B is cheaper above {n} seats because of volume pricing.",
+)
+
+
+@dataclass(frozen=True)
+class Demo:
+    """What `generate_demo` made.
+
+    Attributes:
+        projects: the project objects, in creation order.
+        experiments: every experiment object.
+        datasets: every dataset object.
+        row_counts: visible rows per (`project_logs`|`experiment`|`dataset`, object id).
+        same_created: the `created` value shared by `SAME_CREATED_RUN` log rows of projects[0].
+        large_row_ids: ids of the rows with 200-400 KB payloads.
+        merged_row_ids: ids of log rows annotated by merge writes after their insert.
+        deleted_row_ids: ids of log rows that were deleted (tombstoned).
+    """
+
+    projects: tuple[dict[str, Any], ...]
+    experiments: tuple[dict[str, Any], ...]
+    datasets: tuple[dict[str, Any], ...]
+    row_counts: dict[tuple[RowSource, str], int]
+    same_created: str
+    large_row_ids: tuple[str, ...]
+    merged_row_ids: tuple[str, ...]
+    deleted_row_ids: tuple[str, ...]
+
+
+class _Maker:
+    """Seeded builders of ids, text and spans."""
+
+    def __init__(self, seed: int, end: float) -> None:
+        self.rng = random.Random(seed)
+        self.end = end
+
+    def uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def text(self, templates: tuple[str, ...]) -> str:
+        return self.rng.choice(templates).format(n=self.rng.randint(100, 99999))
+
+    def maybe(self, value: Any, chance: float = 0.5) -> Any:
+        return value if self.rng.random() < chance else None
+
+    def big_text(self, size: int) -> str:
+        """A long multilingual document of about `size` bytes of JSON."""
+        parts: list[str] = []
+        length = 0
+        while length < size:
+            part = f"§{len(parts)} {self.rng.choice(_UNICODE)} {self.text(_ANSWERS)}\n"
+            parts.append(part)
+            length += len(json.dumps(part))
+        return "".join(parts)
+
+    def messages(self, question: str) -> list[dict[str, Any]]:
+        return [
+            {"role": "system", "content": "You are a helpful support assistant. Answer briefly."},
+            {"role": "user", "content": question},
+        ]
+
+    def metrics(self, start: float, *, llm: bool) -> dict[str, Any]:
+        duration = round(self.rng.uniform(0.05, 4.0), 3)
+        metrics: dict[str, Any] = {"start": round(start, 3), "end": round(start + duration, 3)}
+        if llm:
+            prompt, completion = self.rng.randint(20, 2400), self.rng.randint(5, 800)
+            metrics |= {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "tokens": prompt + completion,
+                "estimated_cost": round((prompt * 2.5 + completion * 10) / 1_000_000, 6),
+            }
+        return metrics
+
+    def scores(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.maybe(round(self.rng.random(), 3), 0.8),
+            "factuality": self.maybe(round(self.rng.random(), 3), 0.6),
+            "user_rating": self.maybe(self.rng.choice((0.0, 0.5, 1.0)), 0.15),
+        }
+
+    def trace(self, created: float, *, root_type: str, max_spans: int = 6) -> list[dict[str, Any]]:
+        """A root span and up to `max_spans - 1` children, each child under an earlier span."""
+        question = self.text(_QUESTIONS)
+        if self.rng.random() < 0.3:
+            question = f"{question} {self.rng.choice(_UNICODE)}"
+        root_id = self.uuid()
+        failed = self.rng.random() < 0.05
+        root: dict[str, Any] = {
+            "id": self.uuid(),
+            "created": iso_ms(created),
+            "span_id": root_id,
+            "root_span_id": root_id,
+            "span_parents": None,
+            "is_root": True,
+            "input": {
+                "question": question,
+                "locale": self.maybe(self.rng.choice(("en-US", "fr-FR", "ja-JP"))),
+            },
+            "output": None if failed else self.text(_ANSWERS),
+            "expected": self.maybe(self.text(_ANSWERS), 0.1),
+            "error": "RateLimitError: 429 Too Many Requests from upstream model"
+            if failed
+            else None,
+            "scores": self.scores(),
+            "metrics": self.metrics(created, llm=False),
+            "metadata": {
+                "model": self.rng.choice(_MODELS),
+                "environment": self.rng.choice(_ENVIRONMENTS),
+                "session": {"id": self.uuid()[:8], "turn": self.rng.randint(1, 9)},
+            },
+            "tags": self.maybe(sorted(self.rng.sample(_TAGS, self.rng.randint(1, 2))), 0.4),
+            "span_attributes": {"name": "handle_request", "type": root_type},
+        }
+        spans = [root]
+        for index in range(self.rng.randint(1, max_spans) - 1):
+            parent = self.rng.choice(spans)
+            spans.append(self.child(root, parent, created + 0.01 * (index + 1), question))
+        return spans
+
+    def child(
+        self, root: dict[str, Any], parent: dict[str, Any], created: float, question: str
+    ) -> dict[str, Any]:
+        kind = self.rng.choice(("llm", "llm", "tool", "function", "score"))
+        span_id = self.uuid()
+        span: dict[str, Any] = {
+            "id": self.uuid(),
+            "created": iso_ms(created),
+            "span_id": span_id,
+            "root_span_id": root["span_id"],
+            "span_parents": [parent["span_id"]],
+            "is_root": False,
+            "metrics": self.metrics(created, llm=kind == "llm"),
+            "span_attributes": {
+                "name": kind if kind != "tool" else self.rng.choice(_TOOLS),
+                "type": kind,
+            },
+        }
+        if kind == "llm":
+            tool = self.rng.choice(_TOOLS)
+            span["input"] = {
+                "messages": self.messages(question),
+                "tools": [{"type": "function", "function": {"name": tool}}],
+            }
+            span["output"] = {
+                "role": "assistant",
+                "content": self.maybe(self.text(_ANSWERS), 0.7),
+                "tool_calls": self.maybe(
+                    [
+                        {
+                            "id": f"call_{self.uuid()[:12]}",
+                            "type": "function",
+                            "function": {
+                                "name": tool,
+                                "arguments": json.dumps({"query": question}),
+                            },
+                        }
+                    ],
+                    0.4,
+                ),
+            }
+            span["metadata"] = {
+                "model": self.rng.choice(_MODELS[:-1]),
+                "temperature": self.rng.choice((0, 0.2, 0.7)),
+            }
+        elif kind == "score":
+            value = round(self.rng.random(), 3)
+            span["input"] = {"output": root["output"], "expected": root["expected"]}
+            span["output"] = {
+                "score": value,
+                "rationale": self.maybe("Matches the reference answer."),
+            }
+            span["scores"] = {"factuality": value}
+        else:
+            span["input"] = {"query": question, "top_k": self.rng.randint(1, 8)}
+            span["output"] = [
+                {
+                    "doc_id": self.uuid()[:8],
+                    "title": self.rng.choice(_UNICODE),
+                    "score": round(self.rng.random(), 4),
+                }
+                for _ in range(self.rng.randint(0, 3))
+            ]
+        return span
+
+    def record(self, created: float) -> dict[str, Any]:
+        question = self.text(_QUESTIONS)
+        span_id = self.uuid()
+        return {
+            "id": self.uuid(),
+            "created": iso_ms(created),
+            "span_id": span_id,
+            "root_span_id": span_id,
+            "is_root": True,
+            "input": {"question": question, "context": self.maybe(self.rng.choice(_UNICODE))},
+            "expected": self.maybe(self.text(_ANSWERS), 0.9),
+            "metadata": self.maybe(
+                {
+                    "source": self.rng.choice(("prod-logs", "manual", "synthetic")),
+                    "difficulty": self.rng.randint(1, 5),
+                },
+                0.8,
+            ),
+            "tags": self.maybe(sorted(self.rng.sample(_TAGS, 2)), 0.3),
+        }
+
+
+def generate_demo(
+    store: Store, *, seed: int = 7, org_name: str | None = None, end: float | None = None
+) -> Demo:
+    """Three projects with logs, two experiments and one or two datasets each.
+
+    `created` values lie in the week before `end` (default: the store clock, whole second).
+    Project 0 has the run of rows sharing one `created`; one large payload lives in each
+    project (a log row, a dataset record, an experiment row). The projects go to `org_name`,
+    else the store's first org; a store without orgs gets `acme` (the emulator's default).
+    """
+    if not store.orgs():
+        store.add_org(org_name or "acme")
+    maker = _Maker(seed, float(int(store.clock())) if end is None else end)
+    day = 86_400.0
+    projects: list[dict[str, Any]] = []
+    experiments: list[dict[str, Any]] = []
+    datasets: list[dict[str, Any]] = []
+    large: list[str] = []
+    merged: list[str] = []
+    deleted: list[str] = []
+    same_created_at = maker.end - 2 * day + 0.123
+    for index, (name, target) in enumerate(zip(PROJECT_NAMES, _LOG_TARGETS, strict=True)):
+        project = store.add_project(
+            name,
+            org_name=org_name,
+            id=maker.uuid(),
+            created=maker.end - (90 - 20 * index) * day,
+            description=maker.maybe(f"Demo project {index} {maker.rng.choice(_UNICODE)}"),
+            user_id=maker.uuid(),
+            settings={"comparison_key": "input.question"} if index == 0 else None,
+        )
+        projects.append(project)
+        result = _demo_logs(
+            store, maker, project["id"], target, same_created_at if index == 0 else None
+        )
+        merged += result[0]
+        deleted += result[1]
+        big_object = ("project_logs", "dataset", "experiment")[index]
+        project_datasets = len(datasets)
+        for number in range(1 + index % 2):
+            dataset = store.add_dataset(
+                project["id"],
+                f"golden-set-{number + 1}",
+                id=maker.uuid(),
+                created=maker.end - (30 - number) * day,
+                description=maker.maybe("Curated support questions ✓"),
+                tags=maker.maybe(["curated"]),
+                metadata={"owner": "support-team", "refresh": "weekly"},
+                user_id=project["user_id"],
+                url_slug=f"golden-set-{number + 1}",
+            )
+            datasets.append(dataset)
+            large += _demo_dataset(
+                store, maker, dataset["id"], big=big_object == "dataset" and number == 0
+            )
+        previous: str | None = None
+        for number, label in enumerate(("baseline", "candidate")):
+            experiment_id = maker.uuid()
+            description = maker.maybe("Nightly eval run")
+            model = maker.rng.choice(_MODELS[:-1])
+            commit = f"{maker.rng.getrandbits(160):040x}"
+            experiment = store.add_experiment(
+                project["id"],
+                f"{label}-{number + 1}",
+                id=experiment_id,
+                created=maker.end - (10 - 3 * number) * day,
+                description=description,
+                metadata={"model": model},
+                tags=[label],
+                repo_info={"commit": commit, "branch": "main", "dirty": False},
+                commit=commit,
+                base_exp_id=previous,
+                user_id=project["user_id"],
+                # The candidate is an eval over the first golden set, with saved parameters.
+                **(_eval_inputs(store, maker, datasets[project_datasets]) if number else {}),
+            )
+            previous = experiment["id"]
+            experiments.append(experiment)
+            large += _demo_experiment(
+                store, maker, experiment["id"], big=big_object == "experiment" and number == 0
+            )
+        if big_object == "project_logs":
+            large.append(_big_log_row(store, maker, project["id"]))
+    made: tuple[tuple[RowSource, list[dict[str, Any]]], ...] = (
+        ("project_logs", projects),
+        ("experiment", experiments),
+        ("dataset", datasets),
+    )
+    counts = {
+        (source, o["id"]): len(store.rows(source, o["id"])) for source, objs in made for o in objs
+    }
+    return Demo(
+        tuple(projects),
+        tuple(experiments),
+        tuple(datasets),
+        counts,
+        iso_ms(same_created_at),
+        tuple(large),
+        tuple(merged),
+        tuple(deleted),
+    )
+
+
+def _demo_logs(
+    store: Store, maker: _Maker, project_id: str, target: int, same_created_at: float | None
+) -> tuple[list[str], list[str]]:
+    """Insert traces in shuffled batches (late rows), then annotate, attach, comment, delete.
+
+    With `same_created_at`, a bulk import of single-span traces sharing that `created` lands
+    half-way through the inserts.
+    """
+    rng = maker.rng
+    batch_import = []
+    if same_created_at is not None:
+        batch_import = [
+            maker.trace(same_created_at, root_type="task", max_spans=1)
+            for _ in range(SAME_CREATED_RUN)
+        ]
+    total = len(batch_import)
+    traces: list[list[dict[str, Any]]] = []
+    while total < target:
+        trace = maker.trace(
+            maker.end - rng.uniform(0, 7 * 86_400.0), root_type=rng.choice(("task", "function"))
+        )
+        traces.append(trace)
+        total += len(trace)
+    rng.shuffle(traces)
+    position = 0
+    while position < len(traces):
+        size = rng.randint(3, 12)
+        store.insert_rows(
+            "project_logs",
+            project_id,
+            [span for trace in traces[position : position + size] for span in trace],
+        )
+        position += size
+        if batch_import and position > len(traces) // 2:
+            store.insert_rows(
+                "project_logs", project_id, [span for trace in batch_import for span in trace]
+            )
+            batch_import = []
+    roots = [trace[0] for trace in traces]
+    annotated = rng.sample(roots, max(3, len(roots) // 20))
+    store.merge_rows(
+        "project_logs",
+        project_id,
+        [
+            {
+                "id": root["id"],
+                "scores": {"user_rating": rng.choice((0.0, 1.0))},
+                "metadata": {"user_correction": rng.random() < 0.5},
+                "tags": sorted({*(root["tags"] or []), "annotated"}),
+                "expected": maker.maybe(maker.text(_ANSWERS), 0.5),
+            }
+            for root in annotated
+        ],
+    )
+    attachment = {
+        "type": "braintrust_attachment",
+        "key": f"attachments/{maker.uuid()}.png",
+        "filename": "screenshot.png",
+        "content_type": "image/png",
+    }
+    store.merge_rows(
+        "project_logs",
+        project_id,
+        [{"id": annotated[0]["id"], "input": {"screenshot": attachment}}],
+    )
+    for root in annotated[:3]:
+        text = f"Checked by QA {rng.choice(_UNICODE)}"
+        store.add_comment("project_logs", project_id, root["id"], text)
+    survivors = [trace for trace in traces if trace[0] not in annotated and len(trace) > 1]
+    doomed = [trace[-1]["id"] for trace in rng.sample(survivors, 2)]
+    store.delete_rows("project_logs", project_id, doomed)
+    return [root["id"] for root in annotated], doomed
+
+
+def _demo_experiment(store: Store, maker: _Maker, experiment_id: str, *, big: bool) -> list[str]:
+    rows = [
+        span
+        for _ in range(maker.rng.randint(8, 14))
+        for span in maker.trace(
+            maker.end - maker.rng.uniform(9, 10) * 86_400.0, root_type="eval", max_spans=4
+        )
+    ]
+    if big:
+        rows[0]["expected"] = maker.big_text(220_000)
+    store.insert_rows("experiment", experiment_id, rows)
+    return [rows[0]["id"]] if big else []
+
+
+def _demo_dataset(store: Store, maker: _Maker, dataset_id: str, *, big: bool) -> list[str]:
+    records = [
+        maker.record(maker.end - maker.rng.uniform(20, 30) * 86_400.0)
+        for _ in range(maker.rng.randint(20, 40))
+    ]
+    if big:
+        records[0]["input"] = {"document": maker.big_text(260_000), "question": "Summarise this."}
+    store.insert_rows("dataset", dataset_id, records[: len(records) // 2])
+    store.insert_rows("dataset", dataset_id, records[len(records) // 2 :])
+    edited = records[1]
+    store.merge_rows(
+        "dataset",
+        dataset_id,
+        [{"id": edited["id"], "expected": "Corrected answer ✓", "metadata": {"reviewed": True}}],
+    )
+    return [records[0]["id"]] if big else []
+
+
+def _eval_inputs(store: Store, maker: _Maker, dataset: dict[str, Any]) -> dict[str, Any]:
+    """What an experiment records about the dataset and parameters it ran with."""
+    versions = [int(row["_xact_id"]) for row in store.rows("dataset", dataset["id"])]
+    return {
+        "dataset_id": dataset["id"],
+        "dataset_version": str(max(versions)),
+        "parameters_id": maker.uuid(),
+        "parameters_version": str(max(versions) - 1),
+        "internal_metadata": {"source": "eval", "runner": "braintrust-py"},
+    }
+
+
+def _big_log_row(store: Store, maker: _Maker, project_id: str) -> str:
+    trace = maker.trace(maker.end - 3 * 86_400.0, root_type="task", max_spans=1)
+    trace[0]["output"] = maker.big_text(380_000)
+    store.insert_rows("project_logs", project_id, trace)
+    return str(trace[0]["id"])
+
+
+def generate_logs(
+    store: Store, project_id: str, n: int, *, seed: int = 7, row_bytes: int = 1500
+) -> None:
+    """Bulk log rows (traces of 1-3 spans) of about `row_bytes` of JSON each, 1000 per write.
+
+    Fast enough for benchmarks: 200,000 rows take seconds, not minutes.
+    """
+    rng = random.Random(seed)
+    end = float(int(store.clock()))
+    padding = max(0, row_bytes - _BULK_ROW_BASE_BYTES)
+    words = " ".join(rng.choice(_ANSWERS) for _ in range(64)).encode("ascii", "ignore").decode()
+    filler = words * (1 + padding // len(words))
+    questions = [q.format(n=i) for i, q in enumerate(_QUESTIONS * 20)]
+    answers = [a.format(n=i) for i, a in enumerate(_ANSWERS * 20)]
+    batch: list[dict[str, Any]] = []
+    created = end - n * 0.5
+    source: RowSource = "project_logs"
+    made = 0
+    while made < n:
+        spans = min(rng.randint(1, 3), n - made)
+        root = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        for index in range(spans):
+            created += rng.uniform(0.0, 1.0)
+            span_id = root if index == 0 else str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            offset = rng.randrange(0, max(1, len(filler) - padding))
+            start = created - 1.5
+            batch.append(
+                {
+                    "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "created": iso_ms(created),
+                    "span_id": span_id,
+                    "root_span_id": root,
+                    "span_parents": None if index == 0 else [root],
+                    "is_root": index == 0,
+                    "input": {"messages": [{"role": "user", "content": rng.choice(questions)}]},
+                    "output": {
+                        "role": "assistant",
+                        "content": rng.choice(answers),
+                        "notes": filler[offset : offset + padding],
+                    },
+                    "scores": {"accuracy": round(rng.random(), 3), "user_rating": None},
+                    "metrics": {
+                        "start": round(start, 3),
+                        "end": round(created, 3),
+                        "tokens": rng.randint(10, 4000),
+                    },
+                    "metadata": {
+                        "model": rng.choice(_MODELS),
+                        "environment": rng.choice(_ENVIRONMENTS),
+                    },
+                    "tags": None,
+                    "span_attributes": {
+                        "name": "llm" if index else "handle_request",
+                        "type": "llm" if index else "task",
+                    },
+                }
+            )
+        made += spans
+        if len(batch) >= 1000 or made >= n:
+            store.insert_rows(source, project_id, batch)
+            batch = []

@@ -1,0 +1,868 @@
+"""The Braintrust data API over real HTTP on 127.0.0.1, backed by a `Store`.
+
+It answers the way /work/shared/braintrust-api.md says the service does (auth, strict listings,
+/btql with its cursor and byte-budget paging, the legacy fetch endpoints the official SDK uses),
+so a client that works here has been held to the contract rather than to a lenient stub.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import gzip
+import json
+import socket
+import sys
+import threading
+import time
+import traceback
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from tests.emulator.btql import (
+    BTQLError,
+    Ident,
+    Query,
+    constrained_fields,
+    evaluate,
+    matches,
+    parse_query,
+    sort_value,
+)
+from tests.emulator.faults import FaultInjector, FaultRule
+from tests.emulator.generator import Demo, generate_demo
+from tests.emulator.store import (
+    FIELD_SCHEMAS,
+    OWNER_KIND,
+    ROW_FIELDS,
+    ROW_SOURCES,
+    ObjectKind,
+    Order,
+    RowSource,
+    Store,
+    StoredRow,
+    iso_ms,
+    order_key,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+MAX_LIMIT = 1000
+DEFAULT_ORDER: Order = (("_pagination_key", True),)
+_CURSOR_FIELDS = frozenset({("_pagination_key",), ("_xact_id",)})
+_RANGE_FIELDS = frozenset({"created", "_xact_id", "_pagination_key", "id", "root_span_id"})
+_MISSING_RANGE_WARNING = {
+    "code": "missingSegmentEliminationSpecs",
+    "message": "No filters available for segment elimination. Add a range filter on created, "
+    "_xact_id, or _pagination_key, or scope to a specific root_span_id or id.",
+    "stage": "optimizer",
+    "severity": "warning",
+}
+_OBJECT_KINDS: tuple[ObjectKind, ...] = ("project", "experiment", "dataset")
+_PROJECT_LIST_PARAMS = frozenset(
+    {"limit", "starting_after", "ending_before", "ids", "org_name", "project_name"}
+)
+_LIST_PARAMS: dict[ObjectKind, frozenset[str]] = {
+    "project": _PROJECT_LIST_PARAMS,
+    "experiment": _PROJECT_LIST_PARAMS | {"project_id", "experiment_name"},
+    "dataset": _PROJECT_LIST_PARAMS | {"project_id", "dataset_name"},
+}
+_FETCH_PARAMS = frozenset({"limit", "cursor", "version"})
+_GARBAGE = b"<html><head><title>502 Bad Gateway</title></head><body>upstream hiccup</body></html>"
+
+
+class ApiError(Exception):
+    """An error answer: the status and the `Message` the service would send."""
+
+    def __init__(self, status: int, message: str) -> None:
+        """Keep the status next to the message."""
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request the emulator received (faulted ones too), for tests to inspect.
+
+    `headers` keys are lower-case; `status` is None when a `drop` fault sent nothing;
+    `fault` names the injected fault kind, if any.
+    """
+
+    time: float
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    json_body: Any
+    status: int | None
+    fault: str | None = None
+
+
+@dataclass(frozen=True)
+class Response:
+    """An answer before transport encoding (gzip, truncation)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Request:
+    """A received request, with its JSON body and /btql query parsed at most once."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    _json: Any = field(default=None, init=False)
+    _json_error: str | None = field(default=None, init=False)
+    _btql: Query | BTQLError | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        """Decode the body once; an undecodable body only fails the routes that need JSON."""
+        if self.body:
+            try:
+                self._json = json.loads(self.body)
+            except ValueError as exc:
+                self._json_error = f"request body is not valid JSON: {exc}"
+
+    @property
+    def json_body(self) -> Any:
+        """The decoded body (None when empty or invalid)."""
+        return self._json
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object, or a 400."""
+        if self._json_error is not None:
+            raise ApiError(400, self._json_error)
+        if not isinstance(self._json, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return self._json
+
+    def btql_query(self) -> Query:
+        """The parsed /btql query, or a 400 with the parser's reason."""
+        if self._btql is None:
+            body = self.json_object()
+            if "query" not in body:
+                raise ApiError(400, "request body needs a 'query'")
+            try:
+                self._btql = parse_query(body["query"])
+            except BTQLError as exc:
+                self._btql = exc
+        if isinstance(self._btql, BTQLError):
+            raise ApiError(400, str(self._btql))
+        return self._btql
+
+    def btql_limit(self) -> int | None:
+        """The page size a /btql request asks for (for `min_limit` faults); None if unparsable."""
+        if self.path != "/btql":
+            return None
+        try:
+            limit = self.btql_query().limit
+        except ApiError:
+            return None
+        return MAX_LIMIT if limit is None else limit
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return json.dumps(
+        payload, ensure_ascii=False, separators=(",", ":"), default=_json_default
+    ).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):  # now() arithmetic in a select list
+        return iso_ms(value)
+    msg = f"cannot encode {type(value).__name__} as JSON"
+    raise TypeError(msg)
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    """A JSON answer."""
+    return Response(status, _json_bytes(payload), headers=headers)
+
+
+def error_response(
+    status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    """An error answer in the service's shape: `{"Message": ...}`."""
+    return json_response({"Message": message}, status, headers)
+
+
+def _encode_cursor(order: Order, key: tuple[int, ...]) -> str:
+    raw = _json_bytes({"o": _order_signature(order), "k": list(key)})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, order: Order) -> tuple[int, ...]:
+    """The position a cursor points after; 400 if it is malformed or made for another sort."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+        signature, key = payload["o"], payload["k"]
+        position = tuple(int(part) for part in key)
+    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+        raise ApiError(400, "malformed cursor") from exc
+    if signature != _order_signature(order) or len(position) != _key_length(order):
+        raise ApiError(400, "the cursor was made for a different sort; restart without it")
+    return position
+
+
+def _key_length(order: Order) -> int:
+    """Components of an order's key: its fields plus the `_pagination_key` tie-break if absent."""
+    return len(order) + (order[-1][0] != "_pagination_key")
+
+
+def _order_signature(order: Order) -> str:
+    return ",".join(f"{name}:{'desc' if descending else 'asc'}" for name, descending in order)
+
+
+def _sort_key(path: tuple[str, ...]) -> Callable[[StoredRow], tuple[int, Any]]:
+    return lambda row: sort_value(path, row.row)
+
+
+def _xact_param(value: Any, name: str) -> int:
+    text = str(value)
+    if isinstance(value, bool) or not text.isdigit():
+        raise ApiError(400, f"{name} must be an _xact_id (a decimal integer), got {value!r}")
+    return int(text)
+
+
+class Emulator:
+    """The Braintrust data plane (and the login call of its control plane) on 127.0.0.1.
+
+    Args:
+        api_key: the key of the default org.
+        org_name: the default org, created in the store.
+        port: 0 picks a free port.
+        page_byte_budget: a /btql page stops before its rows' JSON would pass this many bytes
+            (at least one row per page), so pages come short while rows remain.
+        limit_over_cap: a /btql limit above 1000 is clamped or answered with a 400.
+        clock: unix seconds, for `created`, `_xact_id` and `now()`.
+        fault_seed: seeds the RNG of probabilistic faults.
+    """
+
+    def __init__(  # noqa: PLR0913
+        self,
+        *,
+        api_key: str = "sk-test-key",
+        org_name: str = "acme",
+        port: int = 0,
+        page_byte_budget: int = 2_000_000,
+        limit_over_cap: Literal["clamp", "error"] = "clamp",
+        clock: Callable[[], float] = time.time,
+        fault_seed: int = 0,
+    ) -> None:
+        """Configure; nothing listens until `start()`."""
+        self.api_key = api_key
+        self.page_byte_budget = page_byte_budget
+        self.limit_over_cap = limit_over_cap
+        self.store = Store(clock)
+        self.default_org = self.store.add_org(org_name)
+        self.faults = FaultInjector(fault_seed)
+        self.request_log: list[LoggedRequest] = []
+        self.demo: Demo | None = None
+        self._keys: dict[str, tuple[str, ...]] = {api_key: (org_name,)}
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._log_lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server (both app_url and api_url)."""
+        if self._server is None:
+            msg = "the emulator is not running; call start() first"
+            raise RuntimeError(msg)
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add_api_key(self, key: str, org_names: Iterable[str]) -> None:
+        """Another key, member of these orgs (created if missing)."""
+        names = tuple(org_names)
+        for name in names:
+            if self.store.org_by_name(name) is None:
+                self.store.add_org(name)
+        self._keys[key] = names
+
+    def load_demo(self, *, seed: int = 7) -> Demo:
+        """Fill the store with the deterministic demo data set (kept as `self.demo`)."""
+        self.demo = generate_demo(self.store, seed=seed)
+        return self.demo
+
+    def start(self) -> Self:
+        """Listen and serve in a background thread."""
+        if self._server is not None:
+            msg = "the emulator is already running"
+            raise RuntimeError(msg)
+        self._server = _Server(self, self._port)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},  # how soon stop() is noticed
+            name="bt-emulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every socket, including idle keep-alive connections."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        thread.join()
+        server.wait_for_handlers()
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        """Start on entry."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop on exit."""
+        self.stop()
+
+    def log_request(self, entry: LoggedRequest) -> None:
+        """Record a request (called by the handler threads)."""
+        with self._log_lock:
+            self.request_log.append(entry)
+
+    # Routing ----------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request (faults aside)."""
+        try:
+            return self._route(request)(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug here must surface as a loud 500
+            traceback.print_exc(file=sys.stderr)
+            return error_response(500, f"emulator bug: {exc!r}")
+
+    def _route(self, request: Request) -> Callable[[Request], Response]:
+        """The endpoint for a request: 404 for an unknown path, 405 for a wrong method."""
+        path = request.path
+        parts = path.strip("/").split("/")
+        route: Callable[[Request], Response]
+        methods: tuple[str, ...]
+        if path == "/api/apikey/login":
+            route, methods = self._login, ("POST",)
+        elif path == "/btql":
+            route, methods = self._btql, ("POST",)
+        elif parts[0] == "v1" and len(parts) == 2 and parts[1] in _OBJECT_KINDS:
+            kind: ObjectKind = parts[1]
+            route, methods = (lambda r: self._list(kind, r)), ("GET",)
+        elif parts[0] == "v1" and len(parts) == 3 and parts[1] in _OBJECT_KINDS:
+            kind, object_id = parts[1], parts[2]
+            route, methods = (lambda r: self._get(kind, object_id, r)), ("GET",)
+        elif (
+            parts[0] == "v1" and len(parts) == 4 and parts[1] in ROW_SOURCES and parts[3] == "fetch"
+        ):
+            source: RowSource = parts[1]
+            object_id = parts[2]
+            route, methods = (lambda r: self._fetch(source, object_id, r)), ("GET", "POST")
+        else:
+            raise ApiError(404, f"no route for {path}")
+        if request.method not in methods:
+            raise ApiError(405, f"{request.method} is not allowed on {path}")
+        return route
+
+    # Auth -------------------------------------------------------------------------------------
+
+    def _key_orgs(self, request: Request) -> tuple[str, ...]:
+        """The org names of the caller's API key; 401 without ever echoing the key."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401, "Missing or malformed Authorization header; expected 'Bearer <api key>'"
+            )
+        orgs = self._keys.get(token.strip())
+        if orgs is None:
+            raise ApiError(401, "Invalid API key")
+        return orgs
+
+    def _caller_org_ids(self, request: Request) -> frozenset[str]:
+        """Org ids the request may read: the org it names (header or `org_name`), else all."""
+        orgs = self._key_orgs(request)
+        named = request.query.get("org_name", [None])[0] or request.headers.get("x-bt-org-name")
+        if named is not None:
+            if named not in orgs:
+                raise ApiError(403, f"This API key is not a member of organization {named!r}")
+            orgs = (named,)
+        return frozenset(str(org["id"]) for name in orgs if (org := self.store.org_by_name(name)))
+
+    def _readable(
+        self, kind: ObjectKind, object_id: str, org_ids: frozenset[str]
+    ) -> dict[str, Any]:
+        """An object the caller may read: 404 if unknown, 403 if it belongs to another org."""
+        obj = self.store.get_object(kind, object_id)
+        if obj is None:
+            raise ApiError(404, f"{kind} {object_id!r} not found")
+        if self.store.org_id_of(kind, object_id) not in org_ids:
+            raise ApiError(403, f"Missing read access to {kind} {object_id!r}")
+        return obj
+
+    def _login(self, request: Request) -> Response:
+        orgs = [org for name in self._key_orgs(request) if (org := self.store.org_by_name(name))]
+        url = self.url
+        return json_response(
+            {
+                "org_info": [
+                    {
+                        "id": org["id"],
+                        "name": org["name"],
+                        "api_url": url,
+                        "proxy_url": url,
+                        "realtime_url": None,
+                        "git_metadata": None,
+                        "is_universal_api": True,
+                    }
+                    for org in orgs
+                ]
+            }
+        )
+
+    # /v1 objects ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _params(request: Request, allowed: frozenset[str]) -> dict[str, list[str]]:
+        """Query parameters, strictly: an undocumented or repeated one is a 400."""
+        unknown = sorted(set(request.query) - allowed)
+        if unknown:
+            raise ApiError(400, f"Unknown query parameter(s): {', '.join(unknown)}")
+        repeated = sorted(
+            name for name, values in request.query.items() if len(values) > 1 and name != "ids"
+        )
+        if repeated:
+            raise ApiError(400, f"Query parameter(s) given more than once: {', '.join(repeated)}")
+        return request.query
+
+    @staticmethod
+    def _positive_int(value: Any, name: str) -> int:
+        text = str(value)
+        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+            raise ApiError(400, f"{name} must be a positive integer, got {value!r}")
+        return int(text)
+
+    def _list(self, kind: ObjectKind, request: Request) -> Response:
+        org_ids = self._caller_org_ids(request)
+        params = {
+            name: values[0] for name, values in self._params(request, _LIST_PARAMS[kind]).items()
+        }
+        if "starting_after" in params and "ending_before" in params:
+            raise ApiError(400, "Only one of starting_after and ending_before may be given")
+        limit = self._positive_int(params["limit"], "limit") if "limit" in params else None
+        if limit is None and kind == "experiment":
+            limit = MAX_LIMIT
+        found = [
+            o for o in self.store.objects(kind) if self.store.org_id_of(kind, o["id"]) in org_ids
+        ]
+        found = self._filter_objects(kind, found, request.query, org_ids)
+        position = {obj["id"]: index for index, obj in enumerate(found)}
+        start, end = 0, len(found)
+        for name in ("starting_after", "ending_before"):
+            if name in params and params[name] not in position:
+                raise ApiError(400, f"{name}: no {kind} {params[name]!r} in this listing")
+        if "starting_after" in params:
+            start = position[params["starting_after"]] + 1
+        if "ending_before" in params:
+            end = position[params["ending_before"]]
+            start = max(0, end - limit) if limit is not None else 0
+        if limit is not None:
+            end = min(end, start + limit)
+        return json_response({"objects": found[start:end]})
+
+    def _filter_objects(
+        self,
+        kind: ObjectKind,
+        found: list[dict[str, Any]],
+        query: dict[str, list[str]],
+        org_ids: frozenset[str],
+    ) -> list[dict[str, Any]]:
+        if "ids" in query:
+            wanted = set(query["ids"])
+            found = [o for o in found if o["id"] in wanted]
+        name = query.get(f"{kind}_name", [None])[0]
+        if name is not None:
+            found = [o for o in found if o["name"] == name]
+        if kind == "project":
+            return found
+        if "project_id" in query:
+            self._readable("project", query["project_id"][0], org_ids)
+            found = [o for o in found if o["project_id"] == query["project_id"][0]]
+        if "project_name" in query:
+            project_ids = {
+                p["id"]
+                for p in self.store.objects("project")
+                if p["name"] == query["project_name"][0] and p["org_id"] in org_ids
+            }
+            found = [o for o in found if o["project_id"] in project_ids]
+        return found
+
+    def _get(self, kind: ObjectKind, object_id: str, request: Request) -> Response:
+        org_ids = self._caller_org_ids(request)
+        self._params(request, frozenset())
+        return json_response(self._readable(kind, object_id, org_ids))
+
+    # /btql ------------------------------------------------------------------------------------
+
+    def _btql(self, request: Request) -> Response:
+        org_ids = self._caller_org_ids(request)
+        body = request.json_object()
+        fmt = body.get("fmt", "json")
+        if fmt == "parquet":
+            raise ApiError(400, "fmt 'parquet' is not supported by the emulator")
+        if fmt not in {"json", "jsonl"}:
+            raise ApiError(400, f"fmt must be json, jsonl or parquet, got {fmt!r}")
+        query = request.btql_query()
+        self._check_sources(query, org_ids)
+        as_of = None
+        if body.get("version") is not None:
+            if query.source == "project_logs":
+                raise ApiError(400, "version is not supported for project_logs")
+            as_of = _xact_param(body["version"], "version")
+        if query.shape == "summary":
+            raise ApiError(400, "shape 'summary' is not supported by the emulator")
+        limit = self._page_limit(query.limit)
+        page = self._page(query, limit, as_of) if query.source in ROW_SOURCES else _Page([], None)
+        return self._btql_response(
+            query, page, fmt=fmt, realtime=bool(body.get("brainstore_realtime"))
+        )
+
+    def _btql_response(self, query: Query, page: _Page, *, fmt: str, realtime: bool) -> Response:
+        """The page as `fmt`: JSON with schema, cursor, states and warnings, or bare JSON lines."""
+        warnings = []
+        if query.source == "project_logs" and not constrained_fields(query.filter) & _RANGE_FIELDS:
+            warnings.append(_MISSING_RANGE_WARNING)
+        processed, considered = self.store.freshness()
+        headers = (("x-bt-cursor", page.cursor),) if page.cursor else ()
+        if fmt == "jsonl":
+            return Response(
+                200, b"".join(row + b"\n" for row in page.rows), "application/x-ndjson", headers
+            )
+        tail: dict[str, Any] = {"schema": self._schema(query)}
+        if page.cursor:
+            tail["cursor"] = page.cursor
+        tail["realtime_state"] = {
+            "type": "on" if realtime else "off",
+            "actual_xact_id": considered,
+            "minimum_xact_id": processed,
+            "read_bytes": sum(len(row) for row in page.rows),
+        }
+        tail["freshness_state"] = {
+            "last_processed_xact_id": processed,
+            "last_considered_xact_id": considered,
+        }
+        tail["warnings"] = warnings
+        return Response(
+            200,
+            b'{"data":[' + b",".join(page.rows) + b"]," + _json_bytes(tail)[1:],
+            headers=headers,
+        )
+
+    def _check_sources(self, query: Query, org_ids: frozenset[str]) -> None:
+        """403 unless every object the query reads exists in one of the caller's orgs."""
+        owner = OWNER_KIND.get(query.source, "project")  # prompts and functions live in projects
+        for object_id in query.object_ids:
+            if self.store.org_id_of(owner, object_id) not in org_ids:
+                raise ApiError(
+                    403,
+                    f"Missing read access to {query.source}({object_id!r}):"
+                    " unknown or in another organization",
+                )
+
+    def _page_limit(self, limit: int | None) -> int:
+        if limit is None:
+            return MAX_LIMIT
+        if limit > MAX_LIMIT:
+            if self.limit_over_cap == "error":
+                raise ApiError(400, f"limit must be at most {MAX_LIMIT}, got {limit}")
+            return MAX_LIMIT
+        return limit
+
+    def _page(self, query: Query, limit: int, as_of: int | None) -> _Page:
+        """Rows of one page: cursor paging for `_pagination_key`/`_xact_id` sorts, else one shot."""
+        source: RowSource = query.source  # type: ignore[assignment]
+        now = datetime.fromtimestamp(self.store.clock(), tz=timezone.utc)
+        keep = self._row_filter(query, source, as_of, now)
+        encode = self._row_encoder(query, now)
+        if not all(key.path in _CURSOR_FIELDS for key in query.sort):
+            if query.cursor is not None:
+                raise ApiError(400, "a cursor needs a sort on _pagination_key or _xact_id only")
+            matched = [
+                row
+                for row in self.store.ordered(
+                    source, query.object_ids, DEFAULT_ORDER, as_of=as_of
+                ).rows
+                if keep(row)
+            ]
+            for key in reversed(query.sort):
+                matched.sort(key=_sort_key(key.path), reverse=key.descending)
+            return _Page([encode(row) for row in matched[:limit]], None)
+        order: Order = tuple((key.path[0], key.descending) for key in query.sort) or DEFAULT_ORDER
+        view = self.store.ordered(source, query.object_ids, order, as_of=as_of)
+        start = bisect_right(view.keys, _decode_cursor(query.cursor, order)) if query.cursor else 0
+        rows: list[bytes] = []
+        size = 0
+        last = -1
+        for index in range(start, len(view.rows)):
+            if len(rows) >= limit:
+                break
+            row = view.rows[index]
+            if not keep(row):
+                continue
+            encoded = encode(row)
+            if rows and size + len(encoded) > self.page_byte_budget:
+                break
+            rows.append(encoded)
+            size += len(encoded)
+            last = index
+        return _Page(rows, _encode_cursor(order, view.keys[last]) if rows else None)
+
+    def _row_filter(
+        self, query: Query, source: RowSource, as_of: int | None, now: datetime
+    ) -> Callable[[StoredRow], bool]:
+        if query.shape == "traces":
+            spans = self.store.ordered(source, query.object_ids, DEFAULT_ORDER, as_of=as_of).rows
+            roots = {
+                row.row["root_span_id"] for row in spans if matches(query.filter, row.row, now=now)
+            }
+            return lambda row: row.row["root_span_id"] in roots
+        if query.filter is None:
+            return lambda _row: True
+        expr = query.filter
+        return lambda row: matches(expr, row.row, now=now)
+
+    @staticmethod
+    def _row_encoder(query: Query, now: datetime) -> Callable[[StoredRow], bytes]:
+        if query.select is None:
+            return StoredRow.json_bytes
+        items = query.select
+        return lambda row: _json_bytes(
+            {item.alias: evaluate(item.expr, row.row, now=now) for item in items}
+        )
+
+    @staticmethod
+    def _schema(query: Query) -> dict[str, Any]:
+        columns = ROW_FIELDS.get(query.source, ())  # type: ignore[call-overload]
+        if query.select is None:
+            properties = {name: FIELD_SCHEMAS[name] for name in columns}
+        else:
+            properties = {
+                item.alias: FIELD_SCHEMAS.get(item.expr.path[0], {})
+                if isinstance(item.expr, Ident) and len(item.expr.path) == 1
+                else {}
+                for item in query.select
+            }
+        return {"type": "array", "items": {"type": "object", "properties": properties}}
+
+    # Legacy fetch (what SDK 0.47.0 reads experiments and datasets with) --------------------
+
+    def _fetch(self, source: RowSource, object_id: str, request: Request) -> Response:
+        """`/v1/<source>/<id>/fetch`: pages of whole traces, latest `_xact_id` first."""
+        org_ids = self._caller_org_ids(request)
+        self._readable(OWNER_KIND[source], object_id, org_ids)
+        if request.method == "GET":
+            args: dict[str, Any] = {
+                k: v[0] for k, v in self._params(request, _FETCH_PARAMS).items()
+            }
+        else:
+            self._params(request, frozenset({"org_name"}))
+            args = request.json_object() if request.body else {}
+            unknown = sorted(set(args) - _FETCH_PARAMS)
+            if unknown:
+                raise ApiError(400, f"fetch does not support {', '.join(unknown)} in the emulator")
+        limit = None if args.get("limit") is None else self._positive_int(args["limit"], "limit")
+        as_of = None if args.get("version") is None else _xact_param(args["version"], "version")
+        order: Order = (("_xact_id", True),)
+        rows = self.store.ordered(source, (object_id,), order, as_of=as_of).rows
+        traces: dict[str, list[StoredRow]] = {}
+        for row in rows:
+            traces.setdefault(row.row["root_span_id"], []).append(row)
+        ranked = list(traces.values())
+        keys = [order_key(trace[0], order) for trace in ranked]
+        start = (
+            bisect_right(keys, _decode_cursor(args["cursor"], order)) if args.get("cursor") else 0
+        )
+        page = ranked[start:] if limit is None else ranked[start : start + limit]
+        events = [row.json_bytes() for trace in page for row in trace]
+        tail: dict[str, Any] = {}
+        if limit is not None and len(page) == limit:
+            tail["cursor"] = _encode_cursor(order, order_key(page[-1][0], order))
+        return Response(
+            200,
+            b'{"events":['
+            + b",".join(events)
+            + b"]"
+            + (b"," + _json_bytes(tail)[1:] if tail else b"}"),
+        )
+
+
+@dataclass(frozen=True)
+class _Page:
+    rows: list[bytes]
+    cursor: str | None
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded server that remembers its connections so `stop()` can close idle keep-alives."""
+
+    daemon_threads = True
+
+    def __init__(self, emulator: Emulator, port: int) -> None:
+        self.emulator = emulator
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Condition()
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    def track(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def untrack(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+            self._connections_lock.notify_all()
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def wait_for_handlers(self, timeout: float = 5.0) -> None:
+        with self._connections_lock:
+            self._connections_lock.wait_for(lambda: not self._connections, timeout)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up (or `drop` faults) are normal here; anything else is printed."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+    server: _Server
+
+    def setup(self) -> None:
+        """Track the connection; disable Nagle so headers and body are not held back."""
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Silence per-request logging; `Emulator.request_log` has it."""
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET  # noqa: N815 - the stdlib's naming
+
+    def _serve(self) -> None:
+        split = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        request = Request(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=self.rfile.read(length) if length else b"",
+        )
+        emulator = self.server.emulator
+        fault = emulator.faults.pick(request.path, request.btql_limit())
+        response = self._answer(request, fault)
+        # Logged before sending, so a client that sees the answer also sees the log entry.
+        emulator.log_request(
+            LoggedRequest(
+                time=time.time(),
+                method=request.method,
+                path=request.path,
+                query=request.query,
+                headers=request.headers,
+                json_body=request.json_body,
+                status=response.status if response else None,
+                fault=fault.kind if fault else None,
+            )
+        )
+        if response is not None:
+            self._send(response, request, truncate=fault is not None and fault.kind == "truncate")
+        if fault is not None and fault.kind in {"drop", "truncate"}:
+            self._hang_up()
+
+    def _answer(self, request: Request, fault: FaultRule | None) -> Response | None:
+        """The answer to send given the fault, if any; None sends nothing."""
+        if fault is None or fault.kind in {"slow", "truncate"}:
+            if fault is not None:
+                time.sleep(fault.delay)
+            return self.server.emulator.handle(request)
+        if fault.kind == "status":
+            status = fault.status or 500
+            retry_after = fault.retry_after
+            headers = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
+            return error_response(status, f"Injected fault: HTTP {status}", headers)
+        if fault.kind == "garbage":
+            return Response(200, _GARBAGE, "text/html")
+        return None
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send(self, response: Response, request: Request, *, truncate: bool) -> None:
+        body = response.body
+        accepted = {
+            token.split(";")[0].strip()
+            for token in request.headers.get("accept-encoding", "").split(",")
+        }
+        compressed = "gzip" in accepted
+        if compressed:
+            body = gzip.compress(body, compresslevel=1, mtime=0)
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if compressed:
+            self.send_header("Content-Encoding", "gzip")
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if truncate else body)
+
+
+@contextlib.contextmanager
+def running_emulator(*, demo_seed: int | None = None, **kwargs: Any) -> Iterator[Emulator]:
+    """A started emulator (with the demo data when `demo_seed` is given), always stopped after."""
+    with Emulator(**kwargs) as emulator:
+        if demo_seed is not None:
+            emulator.load_demo(seed=demo_seed)
+        yield emulator

@@ -1,0 +1,720 @@
+"""In-memory Braintrust objects and rows with the service's write semantics.
+
+Every write is one transaction with its own `_xact_id`; every version of every row is kept, and
+the row a reader sees is folded from those versions (replace, merge, comment, delete), so
+"latest version per id" and `version` as-of reads are computed rather than assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+
+ObjectKind = Literal["project", "experiment", "dataset"]
+RowSource = Literal["project_logs", "experiment", "dataset"]
+Order = tuple[tuple[str, bool], ...]
+"""A cursor-compatible order: (`_pagination_key` | `_xact_id`, descending) pairs."""
+
+ROW_SOURCES: tuple[RowSource, ...] = ("project_logs", "experiment", "dataset")
+_ROW_SOURCE: dict[ObjectKind, RowSource] = {
+    "project": "project_logs",
+    "experiment": "experiment",
+    "dataset": "dataset",
+}
+OWNER_KIND: dict[str, ObjectKind] = {source: kind for kind, source in _ROW_SOURCE.items()}
+"""The object whose id a row source takes (project_logs rows belong to a project)."""
+_XACT_PREFIX = 0x0DE1 << 48
+_ORG_NAMESPACE = uuid.UUID("6f1c2a4e-8d3b-4f5a-9c7e-2b1d0e3f4a5b")
+"""Org and comment ids are derived from names and transactions, so a seeded store repeats."""
+
+_SPAN_TAIL = (
+    "span_id",
+    "root_span_id",
+    "span_parents",
+    "is_root",
+    "input",
+    "output",
+    "expected",
+    "error",
+    "scores",
+    "metrics",
+    "metadata",
+    "tags",
+    "span_attributes",
+    "context",
+    "origin",
+    "comments",
+    "audit_data",
+    "facets",
+    "classifications",
+    "_async_scoring_state",
+)
+ROW_FIELDS: dict[RowSource, tuple[str, ...]] = {
+    "project_logs": (
+        "id",
+        "_xact_id",
+        "_pagination_key",
+        "created",
+        "org_id",
+        "project_id",
+        "log_id",
+        *_SPAN_TAIL,
+    ),
+    "experiment": (
+        "id",
+        "_xact_id",
+        "_pagination_key",
+        "created",
+        "project_id",
+        "experiment_id",
+        *_SPAN_TAIL,
+    ),
+    "dataset": (
+        "id",
+        "_xact_id",
+        "_pagination_key",
+        "created",
+        "project_id",
+        "dataset_id",
+        "input",
+        "expected",
+        "metadata",
+        "tags",
+        "origin",
+        "span_id",
+        "root_span_id",
+        "is_root",
+        "comments",
+        "audit_data",
+        "facets",
+        "classifications",
+    ),
+}
+"""`SELECT *` columns per source, in the order the emulator returns them."""
+
+_STORE_OWNED = frozenset(
+    {
+        "_xact_id",
+        "_pagination_key",
+        "org_id",
+        "project_id",
+        "log_id",
+        "experiment_id",
+        "dataset_id",
+        "comments",
+    }
+)
+
+_ANY_JSON: dict[str, Any] = {}
+_STRING = {"type": "string"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_NULLABLE_OBJECT = {"type": ["object", "null"]}
+_NULLABLE_ARRAY = {"type": ["array", "null"]}
+FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": _STRING,
+    "_xact_id": _STRING,
+    "_pagination_key": _STRING,
+    "created": {"type": "string", "format": "date-time"},
+    "org_id": _STRING,
+    "project_id": _STRING,
+    "log_id": _STRING,
+    "experiment_id": _STRING,
+    "dataset_id": _STRING,
+    "span_id": _NULLABLE_STRING,
+    "root_span_id": _NULLABLE_STRING,
+    "span_parents": {"type": ["array", "null"], "items": _STRING},
+    "is_root": {"type": ["boolean", "null"]},
+    "input": _ANY_JSON,
+    "output": _ANY_JSON,
+    "expected": _ANY_JSON,
+    "error": _ANY_JSON,
+    "scores": {"type": ["object", "null"], "additionalProperties": {"type": ["number", "null"]}},
+    "metrics": {"type": ["object", "null"], "additionalProperties": {"type": ["number", "null"]}},
+    "metadata": _NULLABLE_OBJECT,
+    "tags": {"type": ["array", "null"], "items": _STRING},
+    "span_attributes": _NULLABLE_OBJECT,
+    "context": _NULLABLE_OBJECT,
+    "origin": _NULLABLE_OBJECT,
+    "comments": _NULLABLE_ARRAY,
+    "audit_data": _NULLABLE_ARRAY,
+    "facets": _NULLABLE_OBJECT,
+    "classifications": _NULLABLE_OBJECT,
+    "_async_scoring_state": _ANY_JSON,
+}
+"""JSON Schema of each row column, for the `schema` of /btql answers."""
+
+_OBJECT_DEFAULTS: dict[ObjectKind, dict[str, Any]] = {
+    "project": {
+        "id": None,
+        "org_id": None,
+        "name": None,
+        "description": None,
+        "created": None,
+        "deleted_at": None,
+        "user_id": None,
+        "settings": None,
+    },
+    "experiment": {
+        "id": None,
+        "project_id": None,
+        "name": None,
+        "description": None,
+        "created": None,
+        "repo_info": {},
+        "commit": None,
+        "base_exp_id": None,
+        "deleted_at": None,
+        "dataset_id": None,
+        "dataset_version": None,
+        "internal_metadata": None,
+        "parameters_id": None,
+        "parameters_version": None,
+        "public": False,
+        "user_id": None,
+        "metadata": None,
+        "tags": None,
+    },
+    "dataset": {
+        "id": None,
+        "project_id": None,
+        "name": None,
+        "description": None,
+        "created": None,
+        "deleted_at": None,
+        "user_id": None,
+        "tags": None,
+        "metadata": None,
+        "url_slug": None,
+    },
+}
+
+
+def iso_ms(moment: float | datetime) -> str:
+    """Format unix seconds or a datetime the way the service does: ISO-8601 UTC, ms, `Z`."""
+    if isinstance(moment, datetime):
+        moment = moment.astimezone(timezone.utc)
+    else:
+        moment = datetime.fromtimestamp(moment, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def normalize_timestamp(value: str | float) -> str:
+    """A client's `created` (ISO-8601 in any form, naive = UTC, or unix seconds) as returned."""
+    if not isinstance(value, str):
+        return iso_ms(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        msg = f"created must be an ISO-8601 timestamp, got {value!r}"
+        raise ValueError(msg) from exc
+    return iso_ms(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def format_pagination_key(value: int) -> str:
+    """`p` + 20 zero-padded digits, so string order equals numeric order."""
+    return f"p{value:020d}"
+
+
+def _timestamp(value: str | float | None, clock: Callable[[], float]) -> str:
+    return normalize_timestamp(clock() if value is None else value)
+
+
+def _deep_merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge like Braintrust's `_is_merge`: objects merge key-wise at any depth, others replace."""
+    merged = dict(base)
+    for key, value in delta.items():
+        current = merged.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = _deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass(slots=True, eq=False)
+class StoredRow:
+    """One row as readers see it; its JSON is encoded once and reused by every response."""
+
+    row: dict[str, Any]
+    xact_id: int
+    pagination_key: int
+    _json: bytes | None = None
+
+    def json_bytes(self) -> bytes:
+        """Compact UTF-8 JSON of the row (cached: rows are immutable once resolved)."""
+        if self._json is None:
+            self._json = json.dumps(self.row, ensure_ascii=False, separators=(",", ":")).encode()
+        return self._json
+
+
+@dataclass(frozen=True, slots=True)
+class OrderedRows:
+    """Rows in one cursor-compatible order, with the signed integer key of each for bisecting."""
+
+    keys: list[tuple[int, ...]]
+    rows: list[StoredRow]
+
+
+@dataclass(slots=True, eq=False)
+class _Transaction:
+    xact_id: int
+    visible: bool
+    touched: set[tuple[RowSource, str, str]] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    transaction: _Transaction
+    kind: Literal["replace", "merge", "comment", "delete"]
+    payload: Mapping[str, Any]
+    fresh: Mapping[str, Any] | None = None
+    """For a merge: the complete row it makes when no row exists yet."""
+
+
+@dataclass(slots=True, eq=False)
+class _RowLog:
+    source: RowSource
+    owner: Mapping[str, Any]
+    versions: dict[str, list[_Version]] = field(default_factory=dict)
+    pagination_keys: dict[str, int] = field(default_factory=dict)
+    current: dict[str, StoredRow] = field(default_factory=dict)
+    generation: int = 0
+
+
+def order_key(row: StoredRow, order: Order) -> tuple[int, ...]:
+    """Signed sort key: ascending order of these tuples is the requested order.
+
+    Ties are broken by `_pagination_key` in the direction of the last sort key.
+    """
+    key = [
+        (-1 if descending else 1)
+        * (row.pagination_key if name == "_pagination_key" else row.xact_id)
+        for name, descending in order
+    ]
+    if order[-1][0] != "_pagination_key":
+        key.append(-row.pagination_key if order[-1][1] else row.pagination_key)
+    return tuple(key)
+
+
+def _fold(versions: Iterable[_Version], as_of: int | None) -> StoredRow | None:
+    """The row after applying visible versions (up to `as_of`) in transaction order.
+
+    Comments are events of their own, so they survive a replace of the row they annotate.
+    """
+    row: dict[str, Any] | None = None
+    comments: list[dict[str, Any]] = []
+    xact_id = 0
+    for version in versions:
+        transaction = version.transaction
+        if as_of is not None and transaction.xact_id > as_of:
+            break
+        if not transaction.visible:
+            continue
+        if version.kind == "replace":
+            row = dict(version.payload)
+        elif version.kind == "merge":
+            row = (
+                _deep_merge(row, version.payload) if row is not None else dict(version.fresh or {})
+            )
+        elif version.kind == "delete":
+            row = None
+        else:
+            comments.append(dict(version.payload))
+        if row is not None:
+            xact_id = transaction.xact_id
+    if row is None:
+        return None
+    if comments:
+        row["comments"] = comments
+    row["_xact_id"] = str(xact_id)
+    return StoredRow(row, xact_id, int(row["_pagination_key"][1:]))
+
+
+class Store:
+    """Thread-safe store of orgs, projects, experiments, datasets and their rows.
+
+    Written rows are kept by reference (copying 200,000 bulk rows would double their cost):
+    do not mutate a dict after writing it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        """Create an empty store; `clock` gives unix seconds for `created` and `_xact_id`."""
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._orgs: dict[str, dict[str, Any]] = {}
+        self._objects: dict[ObjectKind, dict[str, dict[str, Any]]] = {
+            "project": {},
+            "experiment": {},
+            "dataset": {},
+        }
+        self._logs: dict[tuple[RowSource, str], _RowLog] = {}
+        self._transactions: dict[int, _Transaction] = {}
+        self._unpublished: set[int] = set()
+        self._last_xact_id = 0
+        self._last_pagination_key = 0
+        self._ordered_cache: dict[
+            tuple[RowSource, tuple[str, ...], Order], tuple[tuple[int, ...], OrderedRows]
+        ] = {}
+
+    # Orgs and objects -------------------------------------------------------------------------
+
+    def add_org(self, name: str, *, org_id: str | None = None) -> dict[str, Any]:
+        """Add an organization; names are unique, and the default id follows from the name."""
+        with self._lock:
+            if any(org["name"] == name for org in self._orgs.values()):
+                msg = f"org {name!r} already exists"
+                raise ValueError(msg)
+            org = {"id": org_id or str(uuid.uuid5(_ORG_NAMESPACE, name)), "name": name}
+            self._orgs[org["id"]] = org
+            return dict(org)
+
+    def orgs(self) -> list[dict[str, Any]]:
+        """Copies of every org, in creation order."""
+        with self._lock:
+            return [dict(org) for org in self._orgs.values()]
+
+    def org_by_name(self, name: str) -> dict[str, Any] | None:
+        """The org with that name, if any."""
+        with self._lock:
+            return next((dict(o) for o in self._orgs.values() if o["name"] == name), None)
+
+    def add_project(
+        self,
+        name: str,
+        *,
+        org_name: str | None = None,
+        created: str | float | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Add a project to `org_name` (default: the first org)."""
+        with self._lock:
+            if org_name is None:
+                org = next(iter(self._orgs.values()), None)
+            else:
+                org = next((o for o in self._orgs.values() if o["name"] == org_name), None)
+            if org is None:
+                msg = f"no org {org_name!r}; add it with add_org first"
+                raise ValueError(msg)
+            siblings = self._objects["project"].values()
+            if any(p["name"] == name and p["org_id"] == org["id"] for p in siblings):
+                msg = f"project {name!r} already exists in org {org['name']!r}"
+                raise ValueError(msg)
+            return self._add_object("project", name, created, {"org_id": org["id"]}, fields)
+
+    def add_experiment(
+        self, project_id: str, name: str, *, created: str | float | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Add an experiment to a project; names are unique per project."""
+        return self._add_child("experiment", project_id, name, created, fields)
+
+    def add_dataset(
+        self, project_id: str, name: str, *, created: str | float | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Add a dataset to a project; names are unique per project."""
+        return self._add_child("dataset", project_id, name, created, fields)
+
+    def _add_child(
+        self,
+        kind: ObjectKind,
+        project_id: str,
+        name: str,
+        created: str | float | None,
+        fields: dict[str, Any],
+    ) -> dict[str, Any]:
+        with self._lock:
+            if project_id not in self._objects["project"]:
+                msg = f"no project {project_id!r}"
+                raise KeyError(msg)
+            siblings = self._objects[kind].values()
+            if any(o["name"] == name and o["project_id"] == project_id for o in siblings):
+                msg = f"{kind} {name!r} already exists in project {project_id!r}"
+                raise ValueError(msg)
+            return self._add_object(kind, name, created, {"project_id": project_id}, fields)
+
+    def _add_object(
+        self,
+        kind: ObjectKind,
+        name: str,
+        created: str | float | None,
+        parent: dict[str, Any],
+        fields: dict[str, Any],
+    ) -> dict[str, Any]:
+        defaults = _OBJECT_DEFAULTS[kind]
+        unknown = set(fields) - set(defaults)
+        if unknown:
+            msg = f"unknown {kind} fields: {sorted(unknown)}"
+            raise ValueError(msg)
+        obj = {
+            **defaults,
+            "id": str(uuid.uuid4()),
+            **fields,
+            **parent,
+            "name": name,
+            "created": _timestamp(created, self.clock),
+        }
+        self._objects[kind][obj["id"]] = obj
+        self._logs[(_ROW_SOURCE[kind], obj["id"])] = _RowLog(_ROW_SOURCE[kind], obj)
+        return dict(obj)
+
+    def get_object(self, kind: ObjectKind, object_id: str) -> dict[str, Any] | None:
+        """A copy of one project, experiment or dataset, or None."""
+        with self._lock:
+            obj = self._objects[kind].get(object_id)
+            return dict(obj) if obj is not None else None
+
+    def objects(self, kind: ObjectKind) -> list[dict[str, Any]]:
+        """Copies of all objects of a kind, newest `created` first (tie: id descending)."""
+        with self._lock:
+            found = [dict(o) for o in self._objects[kind].values()]
+        return sorted(found, key=lambda o: (o["created"], o["id"]), reverse=True)
+
+    def org_id_of(self, kind: ObjectKind, object_id: str) -> str | None:
+        """The org owning an object (through its project), or None if it does not exist."""
+        with self._lock:
+            obj = self._objects[kind].get(object_id)
+            if obj is None:
+                return None
+            if kind != "project":
+                obj = self._objects["project"][obj["project_id"]]
+            return str(obj["org_id"])
+
+    # Row writes -------------------------------------------------------------------------------
+
+    def insert_rows(
+        self,
+        object_type: RowSource,
+        object_id: str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        visible: bool = True,
+    ) -> str:
+        """Write rows in one transaction; an existing id is REPLACED (its pagination key kept).
+
+        A row may carry an old `created` (a late row). Returns the transaction's `_xact_id`.
+        """
+        with self._lock:
+            log = self._log(object_type, object_id)
+            transaction = self._begin(visible)
+            created = iso_ms(self.clock())
+            for row in rows:
+                self._check_writable(object_type, row)
+                row_id = str(row.get("id") or uuid.uuid4())
+                complete = self._complete(log, row_id, row, created)
+                self._append(log, row_id, _Version(transaction, "replace", complete))
+            return str(transaction.xact_id)
+
+    def merge_rows(
+        self,
+        object_type: RowSource,
+        object_id: str,
+        updates: Iterable[Mapping[str, Any]],
+        *,
+        visible: bool = True,
+    ) -> str:
+        """Merge writes (annotations): keep `created` and `_pagination_key`, new `_xact_id`.
+
+        Objects merge key-wise at every depth; other values replace. A merge on an id that has
+        no row yet creates it, as the service does.
+        """
+        with self._lock:
+            log = self._log(object_type, object_id)
+            transaction = self._begin(visible)
+            created = iso_ms(self.clock())
+            for update in updates:
+                self._check_writable(object_type, update)
+                if not update.get("id"):
+                    msg = "every merge update needs an id"
+                    raise ValueError(msg)
+                row_id = str(update["id"])
+                delta = {k: v for k, v in update.items() if k not in {"id", "created"}}
+                fresh = self._complete(log, row_id, update, created)
+                self._append(log, row_id, _Version(transaction, "merge", delta, fresh))
+            return str(transaction.xact_id)
+
+    def add_comment(
+        self,
+        object_type: RowSource,
+        object_id: str,
+        row_id: str,
+        text: str,
+        *,
+        user_email: str = "reviewer@example.com",
+    ) -> str:
+        """Comment on a row: its own event, surfacing in the row's `comments` with a new xact."""
+        with self._lock:
+            log = self._log(object_type, object_id)
+            if row_id not in log.versions:
+                msg = f"no row {row_id!r} in {object_type} {object_id!r}"
+                raise KeyError(msg)
+            transaction = self._begin(visible=True)
+            comment = {
+                "id": str(uuid.uuid5(_ORG_NAMESPACE, f"comment:{transaction.xact_id}:{row_id}")),
+                "_xact_id": str(transaction.xact_id),
+                "created": iso_ms(self.clock()),
+                "origin": {"id": row_id},
+                "comment": {"text": text},
+                "user": {"email": user_email},
+            }
+            self._append(log, row_id, _Version(transaction, "comment", comment))
+            return str(transaction.xact_id)
+
+    def delete_rows(self, object_type: RowSource, object_id: str, ids: Iterable[str]) -> str:
+        """Tombstone rows (`_object_delete`): queries stop returning them."""
+        with self._lock:
+            log = self._log(object_type, object_id)
+            transaction = self._begin(visible=True)
+            for row_id in ids:
+                if row_id not in log.versions:
+                    msg = f"no row {row_id!r} in {object_type} {object_id!r}"
+                    raise KeyError(msg)
+                self._append(log, row_id, _Version(transaction, "delete", {}))
+            return str(transaction.xact_id)
+
+    def publish(self, xact_id: str) -> None:
+        """Make a write made with `visible=False` visible now (after later transactions)."""
+        with self._lock:
+            transaction = self._transactions[int(xact_id)]
+            if transaction.visible:
+                return
+            transaction.visible = True
+            self._unpublished.discard(transaction.xact_id)
+            for object_type, object_id, row_id in transaction.touched:
+                self._refresh(self._logs[(object_type, object_id)], row_id)
+
+    def _log(self, object_type: RowSource, object_id: str) -> _RowLog:
+        log = self._logs.get((object_type, object_id))
+        if log is None:
+            msg = f"no {OWNER_KIND[object_type]} {object_id!r} for {object_type} rows"
+            raise KeyError(msg)
+        return log
+
+    @staticmethod
+    def _check_writable(object_type: RowSource, row: Mapping[str, Any]) -> None:
+        fields = set(row)
+        unknown = fields - set(ROW_FIELDS[object_type])
+        owned = fields & _STORE_OWNED
+        if unknown or owned:
+            msg = (
+                f"{object_type} row has unknown fields {sorted(unknown)}"
+                f" or store-owned fields {sorted(owned)}"
+            )
+            raise ValueError(msg)
+
+    def _complete(
+        self, log: _RowLog, row_id: str, row: Mapping[str, Any], created: str
+    ) -> dict[str, Any]:
+        """The full `SELECT *` row for a write: every column, parent ids, first pagination key."""
+        pagination_key = log.pagination_keys.get(row_id)
+        if pagination_key is None:
+            self._last_pagination_key += 1
+            pagination_key = log.pagination_keys[row_id] = self._last_pagination_key
+        owner = log.owner
+        span_id = row.get("span_id") or str(uuid.uuid4())
+        known = {
+            "id": row_id,
+            "_xact_id": None,
+            "_pagination_key": format_pagination_key(pagination_key),
+            "created": normalize_timestamp(row["created"]) if row.get("created") else created,
+            "project_id": owner["id"] if log.source == "project_logs" else owner["project_id"],
+            "org_id": owner.get("org_id"),
+            "log_id": "g",
+            "experiment_id": owner["id"],
+            "dataset_id": owner["id"],
+            "span_id": span_id,
+            "root_span_id": row.get("root_span_id") or span_id,
+            "is_root": row.get("is_root", not row.get("span_parents")),
+        }
+        return {
+            name: known[name] if name in known else row.get(name) for name in ROW_FIELDS[log.source]
+        }
+
+    def _append(self, log: _RowLog, row_id: str, version: _Version) -> None:
+        log.versions.setdefault(row_id, []).append(version)
+        transaction = version.transaction
+        transaction.touched.add((log.source, str(log.owner["id"]), row_id))
+        if transaction.visible:
+            self._refresh(log, row_id)
+
+    def _refresh(self, log: _RowLog, row_id: str) -> None:
+        resolved = _fold(log.versions[row_id], None)
+        if resolved is None:
+            log.current.pop(row_id, None)
+        else:
+            log.current[row_id] = resolved
+        log.generation += 1
+
+    def _begin(self, visible: bool) -> _Transaction:
+        """A transaction whose `_xact_id` is above every earlier one, even if the clock is not."""
+        floor = _XACT_PREFIX | (int(self.clock()) << 16)
+        self._last_xact_id = max(self._last_xact_id + 1, floor)
+        transaction = _Transaction(self._last_xact_id, visible)
+        self._transactions[transaction.xact_id] = transaction
+        if not visible:
+            self._unpublished.add(transaction.xact_id)
+        return transaction
+
+    # Reads ------------------------------------------------------------------------------------
+
+    def rows(
+        self, object_type: RowSource, object_id: str, *, as_of: str | int | None = None
+    ) -> list[dict[str, Any]]:
+        """The truth: visible rows exactly as `/btql` `SELECT *` returns them (newest first)."""
+        ordered = self.ordered(object_type, (object_id,), (("_pagination_key", True),), as_of=as_of)
+        return [json.loads(row.json_bytes()) for row in ordered.rows]
+
+    def ordered(
+        self,
+        object_type: RowSource,
+        object_ids: Iterable[str],
+        order: Order,
+        *,
+        as_of: str | int | None = None,
+    ) -> OrderedRows:
+        """Current rows of one or more objects in a cursor-compatible order.
+
+        Cached until one of the objects changes, so paging a large object costs a bisect per page.
+        """
+        ids = tuple(object_ids)
+        with self._lock:
+            logs = [self._log(object_type, object_id) for object_id in ids]
+            if as_of is not None:
+                version = int(as_of)
+                rows = [
+                    resolved
+                    for log in logs
+                    for versions in log.versions.values()
+                    if (resolved := _fold(versions, version)) is not None
+                ]
+                return self._sorted(rows, order)
+            generations = tuple(log.generation for log in logs)
+            cache_key = (object_type, ids, order)
+            cached = self._ordered_cache.get(cache_key)
+            if cached is not None and cached[0] == generations:
+                return cached[1]
+            result = self._sorted([row for log in logs for row in log.current.values()], order)
+            self._ordered_cache[cache_key] = (generations, result)
+            return result
+
+    @staticmethod
+    def _sorted(rows: list[StoredRow], order: Order) -> OrderedRows:
+        keyed = sorted(((order_key(row, order), row) for row in rows), key=lambda pair: pair[0])
+        return OrderedRows([key for key, _ in keyed], [row for _, row in keyed])
+
+    def freshness(self) -> tuple[str, str]:
+        """(`last_processed_xact_id`, `last_considered_xact_id`).
+
+        Every write up to the first is visible; later ones may still be unpublished.
+        """
+        with self._lock:
+            considered = self._last_xact_id
+            processed = min(self._unpublished) - 1 if self._unpublished else considered
+            return str(processed), str(considered)
