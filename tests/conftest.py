@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,27 @@ from tests.emulator import Emulator, generate_demo, running_emulator
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from tests.emulator.store import ObjectKind
+
 API_KEY = "sk-test-5c1a9e0d7f3b4e8aa1b2c3d4e5f60718"
+# Each object stream and the emulator's name for what it lists.
+OBJECT_STREAMS: dict[str, ObjectKind] = {
+    "projects": "project",
+    "experiments": "experiment",
+    "datasets": "dataset",
+}
 TAP_EXECUTABLE = str(Path(sys.executable).with_name("tap-braintrust"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Let the SDK's attribute tests pass over `deleted_at`, which listings never fill.
+
+    Braintrust lists only live objects, so the field is always null there and the SDK
+    would warn (an error here) that it found no value to check.
+    """
+    for item in items:
+        if item.nodeid.endswith(".deleted_at]"):
+            item.add_marker(pytest.mark.filterwarnings("ignore:No records were available"))
 
 
 @pytest.fixture
@@ -47,7 +67,11 @@ class TapRun:
     returncode: int
     stdout: str
     stderr: str
-    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def messages(self) -> list[dict[str, Any]]:
+        """Every Singer message on stdout."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
 
     def records(self, stream: str) -> list[dict[str, Any]]:
         """The records emitted for `stream`, in order."""
@@ -79,7 +103,6 @@ def run_tap(tmp_path: Path) -> Callable[..., TapRun]:
             catalog_path.write_text(json.dumps(catalog))
             command += ["--catalog", str(catalog_path)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        messages = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-        return TapRun(done.returncode, done.stdout, done.stderr, messages)
+        return TapRun(done.returncode, done.stdout, done.stderr)
 
     return run

@@ -10,7 +10,7 @@ from jsonschema import Draft7Validator, FormatChecker
 from singer_sdk.testing import SuiteConfig, get_tap_test_class
 
 from tap_braintrust.tap import TapBraintrust
-from tests.conftest import API_KEY, tap_config
+from tests.conftest import API_KEY, OBJECT_STREAMS, tap_config
 from tests.emulator import Emulator, generate_demo
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def _stop_suite_emulator() -> Iterator[None]:
     SUITE_EMULATOR.stop()
 
 
-STREAMS = ("projects", "experiments", "datasets")
+STREAMS = tuple(OBJECT_STREAMS)
 FIXED_WIDTH_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
@@ -87,9 +87,7 @@ def test_records_equal_the_emulators_truth(emulator: Emulator, full_sync: TapRun
 
 
 def _truth(emulator: Emulator) -> dict[str, dict[str, dict[str, Any]]]:
-    store = emulator.store
     return {
-        "projects": {p["id"]: p for p in store.list_objects("project")},
-        "experiments": {e["id"]: e for e in store.list_objects("experiment")},
-        "datasets": {d["id"]: d for d in store.list_objects("dataset")},
+        stream: {obj["id"]: obj for obj in emulator.store.objects(kind)}
+        for stream, kind in OBJECT_STREAMS.items()
     }
