@@ -1,8 +1,9 @@
 """The Braintrust data API over real HTTP on 127.0.0.1, backed by a `Store`.
 
-It answers the way /work/shared/braintrust-api.md says the service does (auth, strict listings,
-/btql with its cursor and byte-budget paging, the legacy fetch endpoints the official SDK uses),
-so a client that works here has been held to the contract rather than to a lenient stub.
+It answers the way the API contract (shared/braintrust-api.md) says the service does (auth,
+strict listings, /btql with its cursor and byte-budget paging, the legacy fetch endpoints the
+official SDK uses), so a client that works here has been held to the contract rather than
+to a lenient stub.
 """
 
 from __future__ import annotations
