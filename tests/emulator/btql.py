@@ -484,8 +484,9 @@ class _Parser:
 
     def limit(self) -> int:
         tok = self.peek()
-        if tok.kind != "number" or not isinstance(tok.value, int):
-            self.unexpected("a non-negative integer limit")
+        # 0 is refused: an empty page without a cursor is how the end of the data looks.
+        if tok.kind != "number" or not isinstance(tok.value, int) or tok.value < 1:
+            self.unexpected("a positive integer limit")
         return int(self.advance().value)
 
     # whole queries
@@ -704,8 +705,8 @@ def _json_query(query: Mapping[str, Any]) -> Query:
             _fail(f"unknown query key {key!r}; expected {', '.join(_JSON_QUERY_KEYS)}")
     source, ids, shape = _json_from(query.get("from"))
     limit, cursor = query.get("limit"), query.get("cursor")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        _fail(f"limit must be a non-negative integer, got {limit!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        _fail(f"limit must be a positive integer, got {limit!r}")
     if cursor is not None and not isinstance(cursor, str):
         _fail(f"cursor must be a string or null, got {cursor!r}")
     filter_node = query.get("filter")

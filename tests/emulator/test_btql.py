@@ -693,13 +693,14 @@ def test_sort_value_orders_xact_ids_numerically_and_reads_paths() -> None:
         ),
         (
             "SELECT * FROM project_logs('p') LIMIT -1",
-            "expected a non-negative integer limit, found '-'",
+            "expected a positive integer limit, found '-'",
         ),
         (
             "SELECT * FROM project_logs('p') LIMIT 1.5",
-            "expected a non-negative integer limit, found '1.5'",
+            "expected a positive integer limit, found '1.5'",
         ),
-        ("SELECT * FROM project_logs('p') LIMIT 'ten'", "expected a non-negative integer limit"),
+        ("SELECT * FROM project_logs('p') LIMIT 'ten'", "expected a positive integer limit"),
+        ("SELECT * FROM project_logs('p') LIMIT 0", "expected a positive integer limit, found '0'"),
         (
             "SELECT * FROM project_logs('p') ORDER BY 1",
             "expected a field path to sort by, found '1'",
@@ -782,15 +783,19 @@ def test_sort_value_orders_xact_ids_numerically_and_reads_paths() -> None:
         ({"from": json_source("dataset", "d"), "where": {}}, "unknown query key 'where'"),
         (
             {"from": json_source("dataset", "d"), "limit": "10"},
-            "limit must be a non-negative integer, got '10'",
+            "limit must be a positive integer, got '10'",
         ),
         (
             {"from": json_source("dataset", "d"), "limit": True},
-            "limit must be a non-negative integer",
+            "limit must be a positive integer",
         ),
         (
             {"from": json_source("dataset", "d"), "limit": -1},
-            "limit must be a non-negative integer",
+            "limit must be a positive integer",
+        ),
+        (
+            {"from": json_source("dataset", "d"), "limit": 0},
+            "limit must be a positive integer, got 0",
         ),
         ({"from": json_source("dataset", "d"), "cursor": 5}, "cursor must be a string or null"),
         (
