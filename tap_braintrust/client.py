@@ -13,6 +13,7 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
+import requests
 from singer_sdk import RESTStream
 from singer_sdk.authenticators import BearerTokenAuthenticator
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
@@ -27,7 +28,7 @@ else:
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    import requests
+    from backoff.types import Details
     from singer_sdk.helpers.types import Context
 
 USER_AGENT = f"tap-braintrust/{version('tap-braintrust')}"
@@ -52,8 +53,17 @@ _STATUS_ADVICE: dict[int, str] = {
 }
 
 
-class BraintrustAPIError(FatalAPIError):
+class BraintrustError(FatalAPIError):
     """A failure the user must act on: the message says what to do and holds no secret."""
+
+
+# Failures of the connection itself, retried by the SDK's decorator like a 5xx.
+_TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 class BraintrustStream(RESTStream[None]):
@@ -103,7 +113,17 @@ class BraintrustStream(RESTStream[None]):
             json=body,
             headers=self.http_headers,
         )
-        return self._send_with_retries(prepared)
+        try:
+            return self._send_with_retries(prepared)
+        except _TRANSPORT_ERRORS as exc:
+            # requests' own text repeats the full URL and urllib3 internals; this says what to do.
+            url = urlsplit(prepared.url or "")
+            msg = (
+                f"{method} {url.scheme}://{url.netloc}{url.path} got no usable answer in "
+                f"{self.backoff_max_tries()} tries ({type(exc).__name__}); check `api_url` and "
+                f"the network, or raise `request_timeout` ({self.timeout} s) if answers are slow"
+            )
+            raise BraintrustError(msg) from exc
 
     @cached_property
     def _send_with_retries(self) -> Callable[[requests.PreparedRequest], Any]:
@@ -122,8 +142,30 @@ class BraintrustStream(RESTStream[None]):
         try:
             return response.json()
         except ValueError as exc:
-            msg = f"{self._describe(response)} answered with a body that is not JSON"
+            msg = (
+                f"{self._describe(response)} answered {response.status_code} with a body that is "
+                "not JSON; is `api_url` a Braintrust data plane (not the web app's URL)?"
+            )
             raise RetriableAPIError(msg, response) from exc
+
+    @override
+    def backoff_handler(self, details: Details) -> None:
+        # One readable line per retry; the SDK's default prints bound methods and arguments.
+        (prepared,) = details["args"]
+        url = urlsplit(prepared.url or "")
+        exc = details.get("exception")
+        reason = str(exc) if isinstance(exc, RetriableAPIError) else type(exc).__name__
+        self.logger.warning(
+            "%s %s://%s%s: %s; retrying in %.1f s (try %d of %d)",
+            prepared.method,
+            url.scheme,
+            url.netloc,
+            url.path,
+            reason,
+            details.get("wait", 0.0),
+            details["tries"],
+            self.backoff_max_tries(),
+        )
 
     @override
     def validate_response(self, response: requests.Response) -> None:
@@ -132,7 +174,7 @@ class BraintrustStream(RESTStream[None]):
             return
         if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             raise RetriableAPIError(self.response_error_message(response), response)
-        raise BraintrustAPIError(self.response_error_message(response))
+        raise BraintrustError(self.response_error_message(response))
 
     @override
     def response_error_message(self, response: requests.Response) -> str:
@@ -175,7 +217,6 @@ class ObjectListingStream(BraintrustStream):
     """A `/v1/<object>` listing: full table, paged with `starting_after` until an empty page."""
 
     primary_keys = ("id",)
-    replication_key = None
     timestamp_fields: tuple[str, ...] = ("created", "deleted_at")
 
     def listing_filters(self, context: Context | None) -> dict[str, Any]:  # noqa: ARG002
@@ -221,7 +262,7 @@ class ObjectListingStream(BraintrustStream):
                 f"GET {self.url_base}{self.path} answered without a list of objects with ids "
                 "under `objects`; is `api_url` a Braintrust data plane?"
             )
-            raise BraintrustAPIError(msg)
+            raise BraintrustError(msg)
         return objects
 
     def _next_cursor(self, objects: list[dict[str, Any]], seen: set[str]) -> str:
@@ -231,6 +272,6 @@ class ObjectListingStream(BraintrustStream):
                 f"GET {self.url_base}{self.path} returned page after page ending with id "
                 f"{cursor}; stopping instead of looping"
             )
-            raise BraintrustAPIError(msg)
+            raise BraintrustError(msg)
         seen.add(cursor)
         return cursor

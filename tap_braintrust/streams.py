@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tap_braintrust import schemas
-from tap_braintrust.client import BraintrustAPIError, ObjectListingStream
+from tap_braintrust.client import BraintrustError, ObjectListingStream
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -84,7 +84,7 @@ class ProjectsStream(ObjectListingStream):
                 "Check `project_ids` / `project_names`, and that `api_key` and `org_name` "
                 "point at the org that owns them."
             )
-            raise BraintrustAPIError(msg)
+            raise BraintrustError(msg)
         return projects
 
     @override
@@ -101,7 +101,7 @@ class ProjectChildStream(ObjectListingStream):
 
     @override
     def listing_filters(self, context: Context | None) -> dict[str, Any]:
-        if context is None:  # pragma: no cover - the SDK always passes the parent's context
+        if context is None:  # the SDK always passes the parent's context; this names the bug
             msg = f"{self.name} is synced per project and needs a project context"
             raise ValueError(msg)
         return {"project_id": context["project_id"]}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, RetriableAPIError
@@ -20,11 +21,14 @@ else:
     from typing_extensions import override
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
     from singer_sdk.streams import Stream
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
+_SETTINGS_WITH_DEFAULTS = ("api_url", "page_size", "request_timeout")
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class TapBraintrust(Tap):
@@ -61,13 +65,16 @@ class TapBraintrust(Tap):
             "start_date",
             th.DateTimeType,
             title="Start date",
-            description="Earliest `created` time to sync (ISO-8601). Unset: all history.",
+            description=(
+                "Earliest `created` time of rows to sync (ISO-8601); unset means all history. "
+                "Projects, experiments and datasets are always read whole."
+            ),
         ),
         th.Property(
             "project_ids",
             th.ArrayType(th.StringType(min_length=1)),
             title="Project ids",
-            description="Only these projects (and their experiments, datasets and rows).",
+            description="Only these projects and everything in them.",
         ),
         th.Property(
             "project_names",
@@ -103,7 +110,8 @@ class TapBraintrust(Tap):
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         # The schema catches types and ranges; these catch values that type-check but
         # cannot work, and every problem is reported in one error.
-        errors = super()._validate_config(raise_errors=False) + config_problems(self.config)
+        errors = super()._validate_config(raise_errors=False)
+        errors += config_problems(self.config, self.config_jsonschema["properties"])
         if errors and raise_errors:
             summary = "Config validation failed"
             raise ConfigValidationError(summary, errors=errors, schema=self.config_jsonschema)
@@ -114,18 +122,33 @@ class TapBraintrust(Tap):
     def invoke(cls, *args: Any, **kwargs: Any) -> None:
         try:
             super().invoke(*args, **kwargs)
-        except (FatalAPIError, RetriableAPIError, requests.RequestException) as exc:
+        except (FatalAPIError, RetriableAPIError) as exc:
             # Already actionable and secret-free (see client.py): one line, no traceback.
             cls.logger.error("%s", exc)  # noqa: TRY400
             sys.exit(1)
 
 
-def config_problems(config: Mapping[str, Any]) -> list[str]:
+def config_problems(config: Mapping[str, Any], known_settings: Collection[str]) -> list[str]:
     """Problems with values that pass the JSON Schema but cannot work."""
-    problems: list[str] = []
+    problems = [
+        _unknown_setting(name, known_settings) for name in config if name not in known_settings
+    ]
+    problems += [
+        f"{name} is null; remove it to use the default"
+        for name in _SETTINGS_WITH_DEFAULTS
+        if name in config and config[name] is None
+    ]
     api_key = config.get("api_key")
-    if isinstance(api_key, str) and api_key != api_key.strip():
-        problems.append("api_key has leading or trailing white space; paste the key alone")
+    if isinstance(api_key, str) and api_key and not _PRINTABLE_ASCII.fullmatch(api_key):
+        # Checked before any request: a line break in a header value ends up, key and
+        # all, in the HTTP library's error message.
+        problems.append("api_key must be the key alone: printable ASCII, no spaces or line breaks")
+    org_name = config.get("org_name")
+    if isinstance(org_name, str) and not _fits_a_header(org_name):
+        problems.append(
+            "org_name must be the org's name without surrounding spaces or control "
+            "characters, in Latin-1 text (it is sent in the x-bt-org-name header)"
+        )
     api_url = config.get("api_url")
     if isinstance(api_url, str):
         problems.extend(_api_url_problems(api_url))
@@ -137,17 +160,37 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"start_date: {exc}")
     for setting in ("project_ids", "project_names"):
         values = config.get(setting)
-        if isinstance(values, list) and len(set(values)) != len(values):
+        if isinstance(values, list) and len(set(map(str, values))) != len(values):
             problems.append(f"{setting} lists a value more than once")
     return problems
 
 
+def _unknown_setting(name: str, known_settings: Collection[str]) -> str:
+    # Fatal rather than ignored: a misspelt `project_id` would otherwise sync every project.
+    problem = f"unknown setting {name!r}"
+    if close := get_close_matches(name, known_settings, n=1):
+        problem += f" (did you mean {close[0]!r}?)"
+    return problem
+
+
+def _fits_a_header(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return value == value.strip() and not _CONTROL_CHARACTERS.search(value)
+
+
 def _api_url_problems(api_url: str) -> list[str]:
-    url = urlsplit(api_url)
     example = f"an http(s) base URL such as {DEFAULT_API_URL}"
+    try:
+        url = urlsplit(api_url)
+        url.port  # noqa: B018 - reading it validates the port
+    except ValueError as exc:
+        return [f"api_url is not a valid URL ({exc}); it must be {example}"]
     if url.username or url.password:  # checked first: such a URL is not echoed
         return ["api_url must not carry credentials; put the key in api_key"]
-    if url.scheme not in {"http", "https"} or not url.hostname:
+    if url.scheme not in {"http", "https"} or not url.hostname or re.search(r"\s", api_url):
         return [f"api_url must be {example}, not {api_url!r}"]
     if url.query or url.fragment:
         return [f"api_url must be {example}, without a query string or fragment"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,24 @@ GOOD = {"api_key": API_KEY, "api_url": "http://127.0.0.1:9"}
     [
         ({}, "'api_key' is a required property"),
         ({**GOOD, "api_key": ""}, "should be non-empty"),
-        ({**GOOD, "api_key": f" {API_KEY}\n"}, "api_key has leading or trailing white space"),
+        ({**GOOD, "api_key": f" {API_KEY}\n"}, "api_key must be the key alone"),
+        ({**GOOD, "api_key": "sk-abc\nsecret-tail"}, "api_key must be the key alone"),
+        ({**GOOD, "api_key": "sk-abc\u2019"}, "api_key must be the key alone"),
+        ({**GOOD, "org_name": " acme"}, "org_name must be the org's name"),
+        ({**GOOD, "org_name": "acme\r\nX-Injected: 1"}, "org_name must be the org's name"),
+        ({**GOOD, "org_name": "\u65e5\u672c"}, "in Latin-1 text"),
+        (
+            {**GOOD, "project_id": "abc"},
+            "unknown setting 'project_id' (did you mean 'project_ids'?)",
+        ),
+        ({**GOOD, "api_url": None}, "api_url is null; remove it to use the default"),
+        (
+            {**GOOD, "request_timeout": None},
+            "request_timeout is null; remove it to use the default",
+        ),
+        ({**GOOD, "api_url": "http://[::1"}, "api_url is not a valid URL (Invalid IPv6 URL)"),
+        ({**GOOD, "api_url": "https://api.braintrust.dev:99999"}, "api_url is not a valid URL"),
+        ({**GOOD, "api_url": "https://api.brain trust.dev"}, "api_url must be an http(s) base URL"),
         ({**GOOD, "api_url": "api.braintrust.dev"}, "api_url must be an http(s) base URL"),
         ({**GOOD, "api_url": "ftp://api.braintrust.dev"}, "api_url must be an http(s) base URL"),
         ({**GOOD, "api_url": "https://u:p@api.braintrust.dev"}, "must not carry credentials"),
@@ -51,6 +69,7 @@ def test_bad_config_fails_with_a_clear_message(
     assert run.returncode == 1
     assert problem in run.stderr
     assert "Traceback" not in run.stderr
+    assert "secret-tail" not in run.stderr
     assert run.messages == []
 
 
@@ -76,9 +95,17 @@ def test_defaults_apply() -> None:
 
 
 def test_discover_needs_no_config_and_no_network() -> None:
-    # No config at all; any network use would fail (nothing listens on the default host here).
+    # No config at all, and every HTTP(S) request would go to a proxy that is not there.
+    dead_proxy = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTP_PROXY": dead_proxy, "HTTPS_PROXY": dead_proxy, "NO_PROXY": ""}
+    env = {key: value for key, value in env.items() if not key.startswith("TAP_BRAINTRUST_")}
     done = subprocess.run(
-        [TAP_EXECUTABLE, "--discover"], capture_output=True, text=True, timeout=60, check=True
+        [TAP_EXECUTABLE, "--discover"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
     )
     catalog = json.loads(done.stdout)
     streams = {entry["tap_stream_id"]: entry for entry in catalog["streams"]}
