@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from tests.emulator import generate_demo, running_emulator
+from tests.emulator import running_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 WAREHOUSE = ROOT / "output" / "warehouse.duckdb"
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     WAREHOUSE.parent.mkdir(exist_ok=True)
     WAREHOUSE.unlink(missing_ok=True)
-    with running_emulator(api_key=DEMO_API_KEY) as emulator:
-        generate_demo(emulator.store, seed=args.seed)
+    with running_emulator(api_key=DEMO_API_KEY, demo_seed=args.seed) as emulator:
         print(f"Braintrust emulator with demo data at {emulator.url}")
         env = {
             **os.environ,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.emulator import Emulator, generate_demo, running_emulator
+from tests.emulator import Emulator, running_emulator
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -43,15 +43,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
     """An emulator with the deterministic demo data, fresh for each test."""
-    with running_emulator(api_key=API_KEY) as emu:
-        generate_demo(emu.store, seed=7)
-        yield emu
-
-
-@pytest.fixture
-def empty_emulator() -> Iterator[Emulator]:
-    """An emulator with no projects, for tests that build their own data."""
-    with running_emulator(api_key=API_KEY) as emu:
+    with running_emulator(api_key=API_KEY, demo_seed=7) as emu:
         yield emu
 
 

@@ -11,7 +11,7 @@ from singer_sdk.testing import SuiteConfig, get_tap_test_class
 
 from tap_braintrust.tap import TapBraintrust
 from tests.conftest import API_KEY, OBJECT_STREAMS, tap_config
-from tests.emulator import Emulator, generate_demo
+from tests.emulator import Emulator
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # The standard suite reads its config when pytest collects this module, so this emulator
 # starts at import and stops when the module's tests are done.
 SUITE_EMULATOR = Emulator(api_key=API_KEY).start()
-generate_demo(SUITE_EMULATOR.store, seed=7)
+SUITE_EMULATOR.load_demo(seed=7)
 
 TestTapBraintrust = get_tap_test_class(
     TapBraintrust,
