@@ -66,6 +66,12 @@ _TRANSPORT_ERRORS = (
 )
 
 
+def _describe(request: requests.PreparedRequest) -> str:
+    """Name a request by method and URL without its query: query strings are not worth the risk."""
+    url = urlsplit(request.url or "")
+    return f"{request.method} {url.scheme}://{url.netloc}{url.path}"
+
+
 class BraintrustStream(RESTStream[None]):
     """Base of every stream: Bearer auth, org header, timeouts and actionable errors."""
 
@@ -117,10 +123,9 @@ class BraintrustStream(RESTStream[None]):
             return self._send_with_retries(prepared)
         except _TRANSPORT_ERRORS as exc:
             # requests' own text repeats the full URL and urllib3 internals; this says what to do.
-            url = urlsplit(prepared.url or "")
             msg = (
-                f"{method} {url.scheme}://{url.netloc}{url.path} got no usable answer in "
-                f"{self.backoff_max_tries()} tries ({type(exc).__name__}); check `api_url` and "
+                f"{_describe(prepared)} got no usable answer in {self.backoff_max_tries()} tries"
+                f" ({type(exc).__name__}); check `api_url` and "
                 f"the network, or raise `request_timeout` ({self.timeout} s) if answers are slow"
             )
             raise BraintrustError(msg) from exc
@@ -143,8 +148,8 @@ class BraintrustStream(RESTStream[None]):
             return response.json()
         except ValueError as exc:
             msg = (
-                f"{self._describe(response)} answered {response.status_code} with a body that is "
-                "not JSON; is `api_url` a Braintrust data plane (not the web app's URL)?"
+                f"{_describe(prepared)} answered {response.status_code} with a body that is not "
+                "JSON; is `api_url` a Braintrust data plane (not the web app's URL)?"
             )
             raise RetriableAPIError(msg, response) from exc
 
@@ -152,15 +157,11 @@ class BraintrustStream(RESTStream[None]):
     def backoff_handler(self, details: Details) -> None:
         # One readable line per retry; the SDK's default prints bound methods and arguments.
         (prepared,) = details["args"]
-        url = urlsplit(prepared.url or "")
         exc = details.get("exception")
         reason = str(exc) if isinstance(exc, RetriableAPIError) else type(exc).__name__
         self.logger.warning(
-            "%s %s://%s%s: %s; retrying in %.1f s (try %d of %d)",
-            prepared.method,
-            url.scheme,
-            url.netloc,
-            url.path,
+            "%s: %s; retrying in %.1f s (try %d of %d)",
+            _describe(prepared),
             reason,
             details.get("wait", 0.0),
             details["tries"],
@@ -179,7 +180,7 @@ class BraintrustStream(RESTStream[None]):
     @override
     def response_error_message(self, response: requests.Response) -> str:
         status = response.status_code
-        message = f"{self._describe(response)} failed with {status} {response.reason}"
+        message = f"{_describe(response.request)} failed with {status} {response.reason}"
         if HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
             location = response.headers.get("Location", "?")
             return (
@@ -191,11 +192,6 @@ class BraintrustStream(RESTStream[None]):
         if server_text := self._server_text(response):
             message = f"{message}. Braintrust said: {server_text}"
         return message
-
-    def _describe(self, response: requests.Response) -> str:
-        """Name the request by method and path only: query strings are not worth the risk."""
-        url = urlsplit(response.request.url or "")
-        return f"{response.request.method} {url.scheme}://{url.netloc}{url.path}"
 
     def _server_text(self, response: requests.Response) -> str:
         """The server's reason (its JSON `Message` when present), shortened and redacted."""
