@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import TYPE_CHECKING, Any
 
-from tests.conftest import API_KEY, OBJECT_STREAMS, TAP_EXECUTABLE, tap_config
+from tests.conftest import API_KEY, OBJECT_STREAMS, tap_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,11 +121,7 @@ def test_org_name_is_sent_and_scopes_a_multi_org_key(
 def test_selecting_only_a_child_stream_reads_its_parent_silently(
     emulator: Emulator, run_tap: Callable[..., TapRun]
 ) -> None:
-    catalog = json.loads(
-        subprocess.run(
-            [TAP_EXECUTABLE, "--discover"], capture_output=True, text=True, check=True, timeout=60
-        ).stdout
-    )
+    catalog = json.loads(run_tap(None, "--discover").stdout)
     for entry in catalog["streams"]:
         for metadata in entry["metadata"]:
             if metadata["breadcrumb"] == []:

@@ -115,14 +115,8 @@ def test_discover_needs_no_config_and_no_network() -> None:
         assert entry["replication_method"] == "FULL_TABLE"
 
 
-def test_readme_settings_table_matches_about() -> None:
-    about = subprocess.run(
-        [TAP_EXECUTABLE, "--about", "--format=markdown"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+def test_readme_settings_table_matches_about(run_tap: Callable[..., TapRun]) -> None:
+    about = run_tap(None, "--about", "--format=markdown").stdout
     table = [line for line in about.splitlines() if line.startswith("|")]
     readme = (ROOT / "README.md").read_text().splitlines()
     assert table, "no settings table in --about output"
