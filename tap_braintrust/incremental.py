@@ -1,0 +1,98 @@
+"""Change capture for row streams: an `_xact_id` watermark kept beside the `created` bookmark.
+
+Every write to a row (insert, merge annotation, comment, replacement) gives it a new, larger
+`_xact_id`, while `created` is the logging client's clock and never moves on a merge. So rows
+are read in `_xact_id` order and the watermark records how far that read got: every row whose
+latest write is at or below it has been emitted. The next run reads rows written after the
+watermark less a lookback, which picks up new rows, annotated rows and late rows alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_XACT_ID = 2**64 - 1
+_MAX_XACT_DIGITS = len(str(MAX_XACT_ID))
+
+WATERMARK_KEY = "xact_id_watermark"
+"""The state key, beside `replication_key_value`, in each partition's bookmark."""
+
+_SECONDS_SHIFT = 16
+"""`_xact_id` is `(0x0DE1 << 48) | (unix_seconds << 16) | counter`."""
+
+
+def parse_xact_id(value: Any) -> int | None:
+    """Read an `_xact_id` (a decimal string of a 64-bit integer, or that integer); else None."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value) if len(value) <= _MAX_XACT_DIGITS else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_XACT_ID:
+        return value
+    return None
+
+
+class OutOfOrderError(ValueError):
+    """A row came with a smaller `_xact_id` than one before it."""
+
+
+def lookback(watermark: int, seconds: int) -> int:
+    """The `_xact_id` `seconds` of writes before `watermark` (never below 0)."""
+    return max(0, watermark - (seconds << _SECONDS_SHIFT))
+
+
+class Watermark:
+    """How far a read in ascending `_xact_id` order has got, as a safe place to resume.
+
+    A write becomes visible to queries slightly after it gets its `_xact_id`, so the
+    server's `freshness_state` caps the watermark: a write it has not processed yet may
+    still appear below rows already read.
+    """
+
+    def __init__(self, start: int) -> None:
+        """Start from the watermark of the previous run (0: none)."""
+        self.value = start
+        self._start = start
+        self._reading: int | None = None
+        self._visible_through: int | None = None
+
+    def visible_through(self, last_processed: int | None) -> None:
+        """Note a page's `freshness_state.last_processed_xact_id` (None: not reported)."""
+        if last_processed is not None and (
+            self._visible_through is None or last_processed < self._visible_through
+        ):
+            self._visible_through = last_processed
+
+    def before_row(self, xact_id: int) -> bool:
+        """Account for the next row, before it is emitted; True if the watermark moved.
+
+        Raises:
+            OutOfOrderError: `xact_id` is below the previous row's.
+        """
+        previous = self._reading
+        self._reading = xact_id
+        if previous is None or xact_id == previous:
+            return False
+        if xact_id < previous:
+            msg = f"_xact_id {xact_id} came after {previous}"
+            raise OutOfOrderError(msg)
+        # Every row written up to `previous` has now been emitted.
+        return self._settle(previous)
+
+    def finish(self) -> bool:
+        """Account for the end of the read; True if the watermark moved.
+
+        When the server reported its freshness, every write up to it has been read, rows
+        or not, so the watermark moves there: an idle object is then not read again.
+        """
+        if self._visible_through is not None:
+            moved = self.value != self._visible_through
+            self.value = self._visible_through
+            return moved
+        return self._settle(self._reading if self._reading is not None else self._start)
+
+    def _settle(self, done: int) -> bool:
+        value = max(self._start, done)
+        if self._visible_through is not None:
+            value = min(value, self._visible_through)
+        moved = value != self.value
+        self.value = value
+        return moved

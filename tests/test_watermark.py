@@ -1,0 +1,100 @@
+"""The `_xact_id` watermark: where a read in `_xact_id` order may safely resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tap_braintrust.incremental import OutOfOrderError, Watermark, lookback, parse_xact_id
+
+SECOND = 1 << 16
+BASE = (0x0DE1 << 48) | (1_795_000_000 << 16)
+
+
+def _read(watermark: Watermark, xact_ids: list[int]) -> list[int]:
+    """The watermark after each row is accounted for (i.e. while that row is emitted)."""
+    values = []
+    for xact_id in xact_ids:
+        watermark.before_row(xact_id)
+        values.append(watermark.value)
+    return values
+
+
+def test_it_moves_only_past_transactions_read_in_full() -> None:
+    watermark = Watermark(0)
+    # Three rows of one write, then two of the next: the first write is done only when a
+    # row of the second arrives, and the second only when the read ends.
+    assert _read(watermark, [BASE + 1, BASE + 1, BASE + 1, BASE + 2, BASE + 2]) == [
+        0,
+        0,
+        0,
+        BASE + 1,
+        BASE + 1,
+    ]
+    assert watermark.finish() is True
+    assert watermark.value == BASE + 2
+
+
+def test_it_never_goes_below_where_it_started() -> None:
+    watermark = Watermark(BASE + 50)
+    # Rows re-read from the lookback window below the old watermark.
+    assert _read(watermark, [BASE + 10, BASE + 20, BASE + 60]) == [BASE + 50] * 3
+    watermark.finish()
+    assert watermark.value == BASE + 60
+
+
+def test_an_empty_read_keeps_the_old_watermark() -> None:
+    watermark = Watermark(BASE)
+    assert watermark.finish() is False
+    assert watermark.value == BASE
+
+
+def test_the_servers_freshness_caps_it_while_reading_and_sets_it_at_the_end() -> None:
+    watermark = Watermark(0)
+    watermark.visible_through(BASE + 3)  # a write above BASE + 3 may still be invisible
+    watermark.visible_through(BASE + 9)  # later pages report more; the lowest counts
+    assert _read(watermark, [BASE + 2, BASE + 5, BASE + 7]) == [0, BASE + 2, BASE + 3]
+    watermark.finish()
+    assert watermark.value == BASE + 3
+
+
+def test_with_freshness_an_idle_object_moves_to_the_servers_horizon() -> None:
+    watermark = Watermark(BASE)
+    watermark.visible_through(BASE + 100 * SECOND)
+    assert watermark.finish() is True
+    assert watermark.value == BASE + 100 * SECOND
+
+
+def test_rows_out_of_order_are_refused() -> None:
+    watermark = Watermark(0)
+    watermark.before_row(BASE + 2)
+    with pytest.raises(OutOfOrderError, match=f"{BASE + 1} came after {BASE + 2}"):
+        watermark.before_row(BASE + 1)
+
+
+def test_lookback_counts_seconds_of_writes() -> None:
+    assert lookback(BASE + 5, 60) == BASE + 5 - 60 * SECOND
+    assert lookback(BASE, 0) == BASE
+    assert lookback(10, 60) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1000192295213056001", 1000192295213056001),
+        (1000192295213056001, 1000192295213056001),
+        ("0", 0),
+        (str(2**64 - 1), 2**64 - 1),
+        (str(2**64), None),
+        ("9" * 5000, None),
+        ("-1", None),
+        ("12abc", None),
+        ("١٢٣", None),  # Arabic-Indic digits: isdigit() but not an _xact_id
+        (True, None),
+        (1.5, None),
+        (None, None),
+    ],
+)
+def test_parse_xact_id(value: Any, expected: int | None) -> None:
+    assert parse_xact_id(value) == expected
