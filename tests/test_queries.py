@@ -1,0 +1,119 @@
+"""Every query the tap builds, exactly, and proof that no value can change its meaning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tap_braintrust.queries import RowsQuery
+from tests.emulator.btql import And, Compare, Ident, Literal, parse_query
+
+PROJECT_ID = "0b9a3f52-6f7e-4a55-9f0b-3c2a1d4e5f60"
+
+
+def _gt_xact(value: str) -> dict[str, Any]:
+    return {
+        "op": "gt",
+        "left": {"op": "ident", "name": ["_xact_id"]},
+        "right": {"op": "literal", "value": value},
+    }
+
+
+def _body(source: str, object_id: str, condition: dict[str, Any], **query: Any) -> dict[str, Any]:
+    return {
+        "query": {
+            "select": [{"op": "star"}],
+            "from": {
+                "op": "function",
+                "name": {"op": "ident", "name": [source]},
+                "args": [{"op": "literal", "value": object_id}],
+            },
+            "filter": condition,
+            "sort": [{"expr": {"op": "ident", "name": ["_xact_id"]}, "dir": "asc"}],
+            "limit": query.get("limit", 1000),
+            "cursor": query.get("cursor"),
+        },
+        "fmt": "json",
+        "brainstore_realtime": True,
+    }
+
+
+def test_a_first_run_reads_every_row_with_a_range_filter_on_xact_id() -> None:
+    query = RowsQuery("project_logs", PROJECT_ID)
+    assert query.body() == _body("project_logs", PROJECT_ID, _gt_xact("0"))
+    assert query.describe() == (
+        f'project_logs("{PROJECT_ID}") WHERE _xact_id > 0 ORDER BY _xact_id ASC LIMIT 1000'
+    )
+
+
+def test_a_later_page_carries_the_cursor_and_the_page_size() -> None:
+    query = RowsQuery("experiment", "e-1", after_xact_id=1_000_192_000_000_000_001, limit=7)
+    assert query.body("opaque/cursor==") == _body(
+        "experiment",
+        "e-1",
+        _gt_xact("1000192000000000001"),
+        limit=7,
+        cursor="opaque/cursor==",
+    )
+
+
+def test_start_date_is_normalised_and_joined_with_and() -> None:
+    query = RowsQuery("dataset", "d-1", after_xact_id=5, created_since="2026-01-31")
+    since = {
+        "op": "ge",
+        "left": {"op": "ident", "name": ["created"]},
+        "right": {"op": "literal", "value": "2026-01-31T00:00:00.000000Z"},
+    }
+    assert query.body() == _body(
+        "dataset", "d-1", {"op": "and", "left": _gt_xact("5"), "right": since}
+    )
+    assert query.describe().endswith(
+        'WHERE _xact_id > 5 AND created >= "2026-01-31T00:00:00.000000Z" '
+        "ORDER BY _xact_id ASC LIMIT 1000"
+    )
+
+
+@pytest.mark.parametrize(
+    "object_id",
+    [
+        "x') OR 1=1 --",
+        'O\'Brien "evals" ✓',
+        "back\\slash' | filter: true",
+        "id'); DROP TABLE logs; --",
+        "\u202eevil\u0000",
+    ],
+)
+def test_no_id_changes_the_querys_meaning(object_id: str) -> None:
+    body = RowsQuery("project_logs", object_id, after_xact_id=9, created_since="2026-01-01").body()
+    # The server's reading of the query (the emulator's parser): the id is one literal
+    # argument and the filter is exactly the two bounds the tap meant.
+    parsed = parse_query(body["query"])
+    assert parsed.source == "project_logs"
+    assert parsed.object_ids == (object_id,)
+    assert parsed.filter == And(
+        Compare("gt", Ident(("_xact_id",)), Literal("9")),
+        Compare("ge", Ident(("created",)), Literal("2026-01-01T00:00:00.000000Z")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ({"source": "project_prompts"}, "unknown row source"),
+        ({"object_id": ""}, "non-empty object id"),
+        ({"object_id": "  "}, "non-empty object id"),
+        ({"after_xact_id": -1}, "64-bit unsigned integer"),
+        ({"after_xact_id": 2**64}, "64-bit unsigned integer"),
+        ({"created_since": "yesterday"}, "not an ISO-8601 date-time"),
+        ({"created_since": "2026-01-01' OR '1'='1"}, "not an ISO-8601 date-time"),
+        ({"limit": 0}, "limit must be 1 to 1000"),
+        ({"limit": 1001}, "limit must be 1 to 1000"),
+    ],
+)
+def test_values_that_cannot_make_a_meaningful_query_are_refused(
+    arguments: dict[str, Any], problem: str
+) -> None:
+    values: dict[str, Any] = {"source": "project_logs", "object_id": PROJECT_ID, **arguments}
+    with pytest.raises(ValueError, match=problem):
+        RowsQuery(**values)
