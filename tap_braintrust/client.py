@@ -7,10 +7,11 @@ secret redaction are decided once, here.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from functools import cached_property
 from http import HTTPStatus
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -18,6 +19,7 @@ from singer_sdk import RESTStream
 from singer_sdk.authenticators import BearerTokenAuthenticator
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 
+from tap_braintrust.incremental import parse_xact_id
 from tap_braintrust.timestamps import normalize_timestamp
 
 if sys.version_info >= (3, 12):
@@ -26,10 +28,12 @@ else:
     from typing_extensions import override
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from backoff.types import Details
     from singer_sdk.helpers.types import Context
+
+    from tap_braintrust.queries import RowsQuery
 
 USER_AGENT = f"tap-braintrust/{version('tap-braintrust')}"
 
@@ -214,6 +218,8 @@ class ObjectListingStream(BraintrustStream):
 
     primary_keys = ("id",)
     timestamp_fields: tuple[str, ...] = ("created", "deleted_at")
+    child_context_key: ClassVar[str]
+    """The key the object's id takes in its row stream's context (e.g. `project_id`)."""
 
     def listing_filters(self, context: Context | None) -> dict[str, Any]:  # noqa: ARG002
         """Filters sent with every page of the listing (e.g. the parent project)."""
@@ -237,6 +243,10 @@ class ObjectListingStream(BraintrustStream):
                     return
                 yield from objects
                 params["starting_after"] = self._next_cursor(objects, seen_cursors)
+
+    @override
+    def get_child_context(self, record: dict[str, Any], context: Context | None) -> dict[str, Any]:
+        return {self.child_context_key: record["id"]}
 
     @override
     def post_process(
@@ -271,3 +281,71 @@ class ObjectListingStream(BraintrustStream):
             raise BraintrustError(msg)
         seen.add(cursor)
         return cursor
+
+
+@dataclass(frozen=True)
+class BtqlPage:
+    """One answer of `POST /btql`.
+
+    Attributes:
+        rows: the page's rows, possibly fewer than asked for while more remain.
+        cursor: where the next page starts; None at the end.
+        last_processed_xact_id: the server's `freshness_state`: every write up to this
+            `_xact_id` is visible to queries (None when not reported).
+    """
+
+    rows: list[dict[str, Any]]
+    cursor: str | None
+    last_processed_xact_id: int | None
+
+
+class BtqlStream(BraintrustStream):
+    """A stream read with `POST /btql` queries, following the server cursor to the end."""
+
+    path = "/btql"
+
+    def query_pages(self, query: RowsQuery, context: Context | None) -> Iterator[BtqlPage]:
+        """Every page of `query`, until a page comes without a cursor.
+
+        A short page is not the end (pages are cut by size); a cursor seen twice is a loop.
+        """
+        seen_cursors: set[str] = set()
+        cursor: str | None = None
+        with self.get_http_request_counter() as request_counter:
+            request_counter.with_context(context)
+            while True:
+                answer = self.fetch_json("POST", "/btql", body=query.body(cursor))
+                request_counter.increment()
+                page = self._page(answer, query)
+                yield page
+                if page.cursor is None:
+                    return
+                if page.cursor in seen_cursors:
+                    msg = (
+                        f"POST {self.url_base}/btql answered the same cursor twice for "
+                        f"{query.describe()}; stopping instead of looping"
+                    )
+                    raise BraintrustError(msg)
+                seen_cursors.add(page.cursor)
+                cursor = page.cursor
+
+    def _page(self, answer: Any, query: RowsQuery) -> BtqlPage:
+        data = answer.get("data") if isinstance(answer, dict) else None
+        cursor = answer.get("cursor") if isinstance(answer, dict) else None
+        if (
+            not isinstance(data, list)
+            or not all(isinstance(row, dict) for row in data)
+            or not isinstance(cursor, (str, type(None)))
+        ):
+            msg = (
+                f"POST {self.url_base}/btql answered {query.describe()} without a `data` list "
+                "of rows (and an optional string `cursor`); is `api_url` a Braintrust data plane?"
+            )
+            raise BraintrustError(msg)
+        freshness = answer.get("freshness_state")
+        processed = (
+            parse_xact_id(freshness.get("last_processed_xact_id"))
+            if isinstance(freshness, dict)
+            else None
+        )
+        return BtqlPage(data, cursor or None, processed)

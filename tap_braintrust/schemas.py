@@ -6,6 +6,8 @@ absent (older servers omit some), so a missing key never fails a sync.
 
 from __future__ import annotations
 
+import typing as t
+
 from singer_sdk import typing as th
 
 _TIMESTAMP = th.DateTimeType
@@ -55,4 +57,143 @@ DATASET = th.PropertiesList(
     th.Property("tags", _STRINGS),
     th.Property("metadata", _FREE_OBJECT),
     th.Property("url_slug", th.StringType),
+).to_dict()
+
+# Row fields. Free-form values are explicit JSON unions, so targets store them as JSON
+# (jsonb in target-postgres) whatever their shape.
+_ANY_JSON = th.CustomType(
+    {"type": ["object", "array", "string", "number", "integer", "boolean", "null"]}
+)
+# Arrays of objects without `items`: target-postgres then makes one jsonb, not jsonb[].
+_JSON_ARRAY = th.CustomType({"type": ["array", "null"]})
+_SCORES = th.CustomType(
+    {"type": ["object", "null"], "additionalProperties": {"type": ["number", "null"]}}
+)
+_METRICS = th.ObjectType(
+    *(
+        th.Property(name, th.NumberType, description=description)
+        for name, description in (
+            ("start", "Span start, unix seconds."),
+            ("end", "Span end, unix seconds."),
+            ("prompt_tokens", None),
+            ("completion_tokens", None),
+            ("tokens", None),
+            ("estimated_cost", None),
+        )
+    ),
+    additional_properties=True,
+)
+_SPAN_ATTRIBUTES = th.ObjectType(
+    th.Property("name", th.StringType),
+    th.Property("type", th.StringType, description="llm, score, function, eval, task, tool..."),
+    additional_properties=True,
+)
+
+
+def _row_properties(*names: str) -> list[th.Property[t.Any]]:
+    return [_ROW_PROPERTIES[name] for name in names]
+
+
+_ROW_PROPERTIES: dict[str, th.Property[t.Any]] = {
+    prop.name: prop
+    for prop in (
+        th.Property(
+            "id", th.StringType, required=True, description="Row id, unique in its object."
+        ),
+        th.Property(
+            "_xact_id",
+            th.StringType,
+            description="Transaction of the row's latest write (a decimal 64-bit integer; "
+            "every merge moves it, so the highest is the newest version).",
+        ),
+        th.Property("_pagination_key", th.StringType),
+        th.Property(
+            "created",
+            _TIMESTAMP,
+            description="When the row was logged, by the logging client's clock, UTC.",
+        ),
+        th.Property("org_id", th.StringType),
+        th.Property("project_id", th.StringType, required=True),
+        th.Property("experiment_id", th.StringType, required=True),
+        th.Property("dataset_id", th.StringType, required=True),
+        th.Property("log_id", th.StringType),
+        th.Property("span_id", th.StringType),
+        th.Property("root_span_id", th.StringType, description="The trace's root span."),
+        th.Property("span_parents", _STRINGS),
+        th.Property("is_root", th.BooleanType),
+        th.Property("input", _ANY_JSON),
+        th.Property("output", _ANY_JSON),
+        th.Property("expected", _ANY_JSON, description="The reference answer; users correct it."),
+        th.Property("error", _ANY_JSON),
+        th.Property("scores", _SCORES, description="Score name to a number 0..1 (or null)."),
+        th.Property("metrics", _METRICS),
+        th.Property("metadata", _ANY_JSON),
+        th.Property("tags", _STRINGS),
+        th.Property("span_attributes", _SPAN_ATTRIBUTES),
+        th.Property("context", _FREE_OBJECT),
+        th.Property("origin", _FREE_OBJECT, description="The dataset row an eval case came from."),
+        th.Property("comments", _JSON_ARRAY, description="Comments left on the row."),
+        th.Property("audit_data", _JSON_ARRAY),
+        th.Property("facets", _ANY_JSON),
+        th.Property("classifications", _ANY_JSON),
+        th.Property("_async_scoring_state", _ANY_JSON),
+    )
+}
+
+_SPAN_FIELDS = (
+    "span_id",
+    "root_span_id",
+    "span_parents",
+    "is_root",
+    "input",
+    "output",
+    "expected",
+    "error",
+    "scores",
+    "metrics",
+    "metadata",
+    "tags",
+    "span_attributes",
+    "context",
+    "origin",
+    "comments",
+    "audit_data",
+    "facets",
+    "classifications",
+    "_async_scoring_state",
+)
+
+PROJECT_LOG = th.PropertiesList(
+    *_row_properties(
+        "id", "_xact_id", "_pagination_key", "created", "org_id", "project_id", "log_id"
+    ),
+    *_row_properties(*_SPAN_FIELDS),
+).to_dict()
+
+EXPERIMENT_EVENT = th.PropertiesList(
+    *_row_properties("id", "_xact_id", "_pagination_key", "created", "project_id", "experiment_id"),
+    *_row_properties(*_SPAN_FIELDS),
+).to_dict()
+
+DATASET_EVENT = th.PropertiesList(
+    *_row_properties(
+        "id",
+        "_xact_id",
+        "_pagination_key",
+        "created",
+        "project_id",
+        "dataset_id",
+        "input",
+        "expected",
+        "metadata",
+        "tags",
+        "origin",
+        "span_id",
+        "root_span_id",
+        "is_root",
+        "comments",
+        "audit_data",
+        "facets",
+        "classifications",
+    ),
 ).to_dict()

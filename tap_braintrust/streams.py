@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tap_braintrust import schemas
-from tap_braintrust.client import BraintrustError, ObjectListingStream
+from tap_braintrust.client import BraintrustError, BtqlStream, ObjectListingStream
+from tap_braintrust.incremental import (
+    WATERMARK_KEY,
+    OutOfOrderError,
+    Watermark,
+    lookback,
+    parse_xact_id,
+)
+from tap_braintrust.queries import RowSource, RowsQuery
+from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -17,7 +27,7 @@ else:
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from singer_sdk.helpers.types import Context
+    from singer_sdk.helpers.types import Context, Record
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ class ProjectsStream(ObjectListingStream):
     name = "projects"
     path = "/v1/project"
     schema = schemas.PROJECT
+    child_context_key = "project_id"
 
     @property
     def selection(self) -> ProjectSelection:
@@ -87,10 +98,6 @@ class ProjectsStream(ObjectListingStream):
             raise BraintrustError(msg)
         return projects
 
-    @override
-    def get_child_context(self, record: dict[str, Any], context: Context | None) -> dict[str, Any]:
-        return {"project_id": record["id"]}
-
 
 class ProjectChildStream(ObjectListingStream):
     """An object listed per selected project, so unselected projects are never requested."""
@@ -113,6 +120,7 @@ class ExperimentsStream(ProjectChildStream):
     name = "experiments"
     path = "/v1/experiment"
     schema = schemas.EXPERIMENT
+    child_context_key = "experiment_id"
 
 
 class DatasetsStream(ProjectChildStream):
@@ -121,3 +129,177 @@ class DatasetsStream(ProjectChildStream):
     name = "datasets"
     path = "/v1/dataset"
     schema = schemas.DATASET
+    child_context_key = "dataset_id"
+
+
+class EventStream(BtqlStream):
+    """The rows of one object per parent record, incremental on `created`.
+
+    `created` is the replication key and bookmark, but it is the logging client's clock and
+    a merge (a human score, a corrected `expected`, a tag, a comment) keeps it. So rows are
+    read by `_xact_id`, which every write moves, after the watermark each partition's state
+    keeps beside its bookmark (see incremental.py).
+    """
+
+    source: ClassVar[RowSource]
+    parent_key: ClassVar[str]
+    """The parent's id: the context key, the state partition and a record field."""
+
+    replication_key = "created"
+    is_sorted = False
+
+    @override
+    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
+        if context is None:  # the SDK always passes the parent's context; this names the bug
+            msg = f"{self.name} is synced per parent and needs its context"
+            raise ValueError(msg)
+        state = self.get_context_state(context)
+        self._start_progress_from_bookmark(state)
+        query, watermark = self._plan(context, state)
+        for page in self.query_pages(query, context):
+            watermark.visible_through(page.last_processed_xact_id)
+            for row in page.rows:
+                xact_id = parse_xact_id(row.get("_xact_id"))
+                if xact_id is None:
+                    msg = (
+                        f"{self.name}: Braintrust sent row {row.get('id')!r} without a valid "
+                        f"_xact_id ({row.get('_xact_id')!r}), which change tracking needs"
+                    )
+                    raise BraintrustError(msg)
+                try:
+                    moved = watermark.before_row(xact_id)
+                except OutOfOrderError as exc:
+                    msg = (
+                        f"{self.name}: Braintrust returned rows out of _xact_id order ({exc}) "
+                        f"for {query.describe()}; stopping, as changes could be missed"
+                    )
+                    raise BraintrustError(msg) from exc
+                if moved:
+                    state[WATERMARK_KEY] = str(watermark.value)
+                yield row
+        if watermark.finish() or WATERMARK_KEY not in state:
+            state[WATERMARK_KEY] = str(watermark.value)
+
+    def _start_progress_from_bookmark(self, state: dict[str, Any]) -> None:
+        """Seed the SDK's progress markers with the bookmark so far.
+
+        The SDK tracks an unsorted stream's bookmark from scratch each run, so a run that
+        only reads old, annotated rows would move `created` backwards. It also warns, per
+        partition, that such streams cannot resume; these can, and the note says so.
+        """
+        markers: dict[str, Any] = {"Note": f"Resumable from {WATERMARK_KEY}."}
+        bookmark = state.get("replication_key_value")
+        if isinstance(bookmark, str) and _is_timestamp(bookmark):
+            markers |= {
+                "replication_key": self.replication_key,
+                "replication_key_value": normalize_timestamp(bookmark),
+            }
+        state.setdefault("progress_markers", markers)
+
+    def _plan(self, context: Context, state: dict[str, Any]) -> tuple[RowsQuery, Watermark]:
+        """The query for this partition and the watermark it starts from."""
+        object_id = context[self.parent_key]
+        created_since = self.config.get("start_date")
+        stored = state.get(WATERMARK_KEY)
+        start = parse_xact_id(stored) if stored is not None else 0
+        if start is None:
+            msg = (
+                f"The state of {self.name} for {self.parent_key} {object_id} has "
+                f"{WATERMARK_KEY} {stored!r}, which is not an _xact_id (a decimal integer); "
+                "fix it, or remove that partition from the state to read the object again"
+            )
+            raise BraintrustError(msg)
+        if not start and (bookmark := state.get("replication_key_value")) is not None:
+            created_since = self._bookmark_without_watermark(object_id, bookmark, created_since)
+        after = lookback(start, self.config["lookback_seconds"]) if start else 0
+        query = RowsQuery(
+            self.source,
+            object_id,
+            after_xact_id=after,
+            created_since=created_since,
+            limit=self.config["page_size"],
+        )
+        self.logger.info("%s: reading %s", self.name, query.describe())
+        return query, Watermark(start)
+
+    def _bookmark_without_watermark(
+        self, object_id: str, bookmark: Any, start_date: str | None
+    ) -> str | None:
+        """The later of a `created` bookmark (state written by hand or another tool) and start_date.
+
+        Honoured, though rows annotated since cannot be found this once.
+        """
+        try:
+            since = normalize_timestamp(str(bookmark))
+        except ValueError as exc:
+            msg = (
+                f"The state of {self.name} for {self.parent_key} {object_id} has a "
+                f"replication_key_value that is not a time ({exc}); fix or remove it"
+            )
+            raise BraintrustError(msg) from exc
+        self.logger.warning(
+            "%s %s: the state has a `created` bookmark but no %s; reading rows created since "
+            "%s, so older rows changed since then are not seen this run",
+            self.name,
+            object_id,
+            WATERMARK_KEY,
+            since,
+        )
+        return since if start_date is None else max(since, normalize_timestamp(start_date))
+
+    @override
+    def post_process(self, row: Record, context: Context | None = None) -> Record | None:
+        try:
+            row["created"] = normalize_timestamp(row.get("created"))
+        except ValueError as exc:
+            msg = f"{self.name}: row {row.get('id')!r} has an unreadable `created`: {exc}"
+            raise BraintrustError(msg) from exc
+        return row
+
+    @override
+    def get_replication_key_signpost(self, context: Context | None = None) -> Any:
+        # The SDK caps bookmarks at the sync's start; written in our fixed-width form, so
+        # every bookmark compares correctly as a string.
+        signpost = super().get_replication_key_signpost(context)
+        return format_timestamp(signpost) if isinstance(signpost, datetime) else signpost
+
+
+def _is_timestamp(value: str) -> bool:
+    try:
+        normalize_timestamp(value)
+    except ValueError:
+        return False
+    return True
+
+
+class ProjectLogsStream(EventStream):
+    """Project logs: one row per span of the selected projects' traces."""
+
+    name = "project_logs"
+    parent_stream_type = ProjectsStream
+    source = "project_logs"
+    parent_key = "project_id"
+    primary_keys = ("project_id", "id")
+    schema = schemas.PROJECT_LOG
+
+
+class ExperimentEventsStream(EventStream):
+    """Rows of every experiment: one per span of each eval case."""
+
+    name = "experiment_events"
+    parent_stream_type = ExperimentsStream
+    source = "experiment"
+    parent_key = "experiment_id"
+    primary_keys = ("experiment_id", "id")
+    schema = schemas.EXPERIMENT_EVENT
+
+
+class DatasetEventsStream(EventStream):
+    """Records of every dataset."""
+
+    name = "dataset_events"
+    parent_stream_type = DatasetsStream
+    source = "dataset"
+    parent_key = "dataset_id"
+    primary_keys = ("dataset_id", "id")
+    schema = schemas.DATASET_EVENT

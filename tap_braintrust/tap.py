@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from singer_sdk.streams import Stream
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
-_SETTINGS_WITH_DEFAULTS = ("api_url", "page_size", "request_timeout")
+_SETTINGS_WITH_DEFAULTS = ("api_url", "page_size", "lookback_seconds", "request_timeout")
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -90,6 +90,17 @@ class TapBraintrust(Tap):
             description="Objects or rows asked for per request (1 to 1000).",
         ),
         th.Property(
+            "lookback_seconds",
+            th.IntegerType(minimum=0, maximum=86400),
+            default=60,
+            title="Lookback seconds",
+            description=(
+                "Each incremental run re-reads rows written this many seconds before the "
+                "last run's `_xact_id` watermark, for writes that became visible late; "
+                "rows in that window are sent again."
+            ),
+        ),
+        th.Property(
             "request_timeout",
             th.IntegerType(minimum=1),
             default=60,
@@ -104,6 +115,9 @@ class TapBraintrust(Tap):
             streams.ProjectsStream(self),
             streams.ExperimentsStream(self),
             streams.DatasetsStream(self),
+            streams.ProjectLogsStream(self),
+            streams.ExperimentEventsStream(self),
+            streams.DatasetEventsStream(self),
         ]
 
     @override

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import overload
 
 import pendulum
 from pendulum.parsing.exceptions import ParserError
@@ -42,6 +43,12 @@ def format_timestamp(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@overload
+def normalize_timestamp(value: str) -> str: ...
+@overload
+def normalize_timestamp(value: None) -> None: ...
+@overload
+def normalize_timestamp(value: str | None) -> str | None: ...
 def normalize_timestamp(value: str | None) -> str | None:
     """Return `value` in the fixed-width UTC form; None stays None."""
     if value is None:

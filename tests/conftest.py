@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tap_braintrust import schemas
 from tests.emulator import Emulator, running_emulator
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from tests.emulator.generator import Demo
     from tests.emulator.store import ObjectKind
 
 API_KEY = "sk-test-5c1a9e0d7f3b4e8aa1b2c3d4e5f60718"
@@ -27,17 +30,49 @@ OBJECT_STREAMS: dict[str, ObjectKind] = {
     "datasets": "dataset",
 }
 TAP_EXECUTABLE = str(Path(sys.executable).with_name("tap-braintrust"))
+STREAM_SCHEMAS = {
+    "projects": schemas.PROJECT,
+    "experiments": schemas.EXPERIMENT,
+    "datasets": schemas.DATASET,
+    "project_logs": schemas.PROJECT_LOG,
+    "experiment_events": schemas.EXPERIMENT_EVENT,
+    "dataset_events": schemas.DATASET_EVENT,
+}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Let the SDK's attribute tests pass over `deleted_at`, which listings never fill.
+def _json_union_fields() -> set[str]:
+    """`stream.field` of every free-form JSON field (typed as a union of all JSON types)."""
+    json_types = {"object", "array", "string", "number", "integer", "boolean"}
+    return {
+        f"{stream}.{name}"
+        for stream, schema in STREAM_SCHEMAS.items()
+        for name, field in schema["properties"].items()
+        if json_types <= set(field.get("type", ()))
+    }
 
-    Braintrust lists only live objects, so the field is always null there and the SDK
-    would warn (an error here) that it found no value to check.
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Adjust the SDK's attribute tests where they misread this tap's schemas.
+
+    Braintrust lists only live objects, so `deleted_at` is always null in listings, and the
+    demo's dataset rows are all inserted directly, so none has an `origin`: the SDK would
+    warn (an error here) that it found no value to check. And the SDK checks a
+    free-form JSON field (a union of every JSON type) as if it were each type alone, e.g.
+    that every `input` is a boolean; those fields are checked against their full schema in
+    test_core.py instead.
     """
+    unions = _json_union_fields()
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
-        if item.nodeid.endswith(".deleted_at]"):
+        if item.nodeid.endswith((".deleted_at]", "dataset_events.origin]")):
             item.add_marker(pytest.mark.filterwarnings("ignore:No records were available"))
+        attribute = item.nodeid.rpartition("[")[2].rstrip("]")
+        is_type_check = "test_tap_stream_attribute_is_" in item.nodeid
+        (dropped if is_type_check and attribute in unions else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture
@@ -45,6 +80,12 @@ def emulator() -> Iterator[Emulator]:
     """An emulator with the deterministic demo data, fresh for each test."""
     with running_emulator(api_key=API_KEY, demo_seed=7) as emu:
         yield emu
+
+
+def demo_of(emu: Emulator) -> Demo:
+    """The demo data an emulator was started with."""
+    assert emu.demo is not None, "this emulator has no demo data"
+    return emu.demo
 
 
 def tap_config(emu: Emulator, **overrides: Any) -> dict[str, Any]:
@@ -75,26 +116,33 @@ class TapRun:
         """The last SCHEMA message of each stream."""
         return {m["stream"]: m for m in self.messages if m["type"] == "SCHEMA"}
 
+    @property
+    def final_state(self) -> dict[str, Any]:
+        """The value of the last STATE message: what the next run starts from."""
+        states: list[dict[str, Any]] = [m["value"] for m in self.messages if m["type"] == "STATE"]
+        assert states, "the run emitted no STATE message"
+        return states[-1]
+
+
+def run_tap_in(
+    directory: Path,
+    config: dict[str, Any] | None,
+    *args: str,
+    catalog: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+) -> TapRun:
+    """Run the installed `tap-braintrust` command, its input files written in `directory`."""
+    command = [TAP_EXECUTABLE, *args]
+    for option, content in (("--config", config), ("--catalog", catalog), ("--state", state)):
+        if content is not None:
+            path = directory / f"{option[2:]}.json"
+            path.write_text(json.dumps(content))
+            command += [option, str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    return TapRun(done.returncode, done.stdout, done.stderr)
+
 
 @pytest.fixture
 def run_tap(tmp_path: Path) -> Callable[..., TapRun]:
-    """Run the installed `tap-braintrust` command with a config (and optional catalog)."""
-
-    def run(
-        config: dict[str, Any] | None,
-        *args: str,
-        catalog: dict[str, Any] | None = None,
-    ) -> TapRun:
-        command = [TAP_EXECUTABLE, *args]
-        if config is not None:
-            config_path = tmp_path / "config.json"
-            config_path.write_text(json.dumps(config))
-            command += ["--config", str(config_path)]
-        if catalog is not None:
-            catalog_path = tmp_path / "catalog.json"
-            catalog_path.write_text(json.dumps(catalog))
-            command += ["--catalog", str(catalog_path)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        return TapRun(done.returncode, done.stdout, done.stderr)
-
-    return run
+    """Run the installed `tap-braintrust` command with a config (and optional catalog, state)."""
+    return functools.partial(run_tap_in, tmp_path)

@@ -12,12 +12,13 @@ import duckdb
 from scripts import demo
 from tests.conftest import OBJECT_STREAMS
 from tests.emulator import Store, generate_demo
+from tests.warehouse import ROW_STREAMS
 
 ROOT = Path(__file__).parent.parent
 MELTANO = str(Path(sys.executable).with_name("meltano"))
 
 
-def test_demo_loads_every_object_into_duckdb() -> None:
+def test_demo_loads_every_object_and_row_into_duckdb() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("TAP_BRAINTRUST")}
     subprocess.run([MELTANO, "install"], cwd=ROOT, env=env, check=True, capture_output=True)
     done = subprocess.run(
@@ -38,4 +39,13 @@ def test_demo_loads_every_object_into_duckdb() -> None:
             rows = db.execute(f"SELECT name FROM {demo.SCHEMA}.{table}").fetchall()  # noqa: S608
             expected = sorted(o["name"] for o in truth.objects(kind))
             assert sorted(name for (name,) in rows) == expected
-            assert f"{table:<14}{len(rows):>6}" in done.stdout
+            assert f"{table:<18}{len(rows):>6}" in done.stdout
+        for stream in ROW_STREAMS:
+            keys = db.execute(
+                f"SELECT {stream.parent_key}, id FROM {demo.SCHEMA}.{stream.name}"  # noqa: S608
+            ).fetchall()
+            expected_count = sum(
+                len(truth.rows(stream.source, owner["id"])) for owner in truth.objects(stream.owner)
+            )
+            assert len(keys) == len(set(keys)) == expected_count, stream.name
+            assert f"{stream.name:<18}{len(keys):>6}" in done.stdout

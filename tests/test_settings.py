@@ -13,7 +13,7 @@ import yaml
 
 from tap_braintrust.client import BraintrustStream
 from tap_braintrust.tap import TapBraintrust
-from tests.conftest import API_KEY, TAP_EXECUTABLE
+from tests.conftest import API_KEY, STREAM_SCHEMAS, TAP_EXECUTABLE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -109,10 +109,18 @@ def test_discover_needs_no_config_and_no_network() -> None:
     )
     catalog = json.loads(done.stdout)
     streams = {entry["tap_stream_id"]: entry for entry in catalog["streams"]}
-    assert set(streams) == {"projects", "experiments", "datasets"}
-    for entry in streams.values():
-        assert entry["key_properties"] == ["id"]
-        assert entry["replication_method"] == "FULL_TABLE"
+    assert set(streams) == set(STREAM_SCHEMAS)
+    for name in ("projects", "experiments", "datasets"):
+        assert streams[name]["key_properties"] == ["id"]
+        assert streams[name]["replication_method"] == "FULL_TABLE"
+    for name, parent_key in (
+        ("project_logs", "project_id"),
+        ("experiment_events", "experiment_id"),
+        ("dataset_events", "dataset_id"),
+    ):
+        assert streams[name]["key_properties"] == [parent_key, "id"]
+        assert streams[name]["replication_method"] == "INCREMENTAL"
+        assert streams[name]["replication_key"] == "created"
 
 
 def test_readme_settings_table_matches_about(run_tap: Callable[..., TapRun]) -> None:
