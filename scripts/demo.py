@@ -21,7 +21,14 @@ WAREHOUSE = ROOT / "output" / "warehouse.duckdb"
 MELTANO_LOG = ROOT / "output" / "demo-meltano.log"
 SCHEMA = "braintrust"
 DEMO_API_KEY = "sk-demo-not-a-real-key"
-TABLES = ("projects", "experiments", "datasets")
+TABLES = (
+    "projects",
+    "experiments",
+    "datasets",
+    "project_logs",
+    "experiment_events",
+    "dataset_events",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +87,9 @@ def summary(elapsed: float) -> str:
         "",
         f"Loaded Braintrust into DuckDB in {elapsed:.1f} s: {relative}, schema {SCHEMA}",
         "",
-        f"  {'table':<14}{'rows':>6}",
+        f"  {'table':<18}{'rows':>6}",
     ]
-    lines += [f"  {table:<14}{row[0] if row else 0:>6}" for table, row in counts.items()]
+    lines += [f"  {table:<18}{row[0] if row else 0:>6}" for table, row in counts.items()]
     lines += ["", "  Per project:"]
     lines += [
         f"    {name:<32}{experiments:>3} experiments {datasets:>3} datasets"
