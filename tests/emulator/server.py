@@ -268,9 +268,15 @@ class Emulator:
         limit_over_cap: Literal["clamp", "error"] = "clamp",
         clock: Callable[[], float] = time.time,
         fault_seed: int = 0,
+        report_freshness: bool = True,
     ) -> None:
-        """Configure; nothing listens until `start()`."""
+        """Configure; nothing listens until `start()`.
+
+        `report_freshness=False` leaves `freshness_state` out of /btql answers: the contract
+        does not promise it, so a client must stay correct without it.
+        """
         self.api_key = api_key
+        self.report_freshness = report_freshness
         self.page_byte_budget = page_byte_budget
         self.limit_over_cap = limit_over_cap
         self.store = Store(clock)
@@ -572,10 +578,11 @@ class Emulator:
             "minimum_xact_id": processed,
             "read_bytes": sum(len(row) for row in page.rows),
         }
-        tail["freshness_state"] = {
-            "last_processed_xact_id": processed,
-            "last_considered_xact_id": considered,
-        }
+        if self.report_freshness:
+            tail["freshness_state"] = {
+                "last_processed_xact_id": processed,
+                "last_considered_xact_id": considered,
+            }
         tail["warnings"] = warnings
         return Response(
             200,

@@ -304,6 +304,17 @@ def test_response_envelope(demo_api: Api, demo_emu: Emulator) -> None:
     }
 
 
+def test_freshness_state_can_be_left_out() -> None:
+    with running_emulator(clock=lambda: FIXED_NOW, report_freshness=False) as emu:
+        project = emu.store.add_project("p")
+        emu.store.insert_rows("project_logs", project["id"], [{"id": "r1"}])
+        api = Api(emu)
+        body = api.btql(sql("project_logs", project["id"])).json()
+        api.close()
+    assert "freshness_state" not in body
+    assert [row["id"] for row in body["data"]] == ["r1"]
+
+
 # Filters, projections, shapes ------------------------------------------------------------------
 
 
