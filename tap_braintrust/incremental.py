@@ -53,12 +53,13 @@ class Watermark:
         self._start = start
         self._reading: int | None = None
         self._visible_through: int | None = None
+        self._every_page_reported = True
 
     def visible_through(self, last_processed: int | None) -> None:
         """Note a page's `freshness_state.last_processed_xact_id` (None: not reported)."""
-        if last_processed is not None and (
-            self._visible_through is None or last_processed < self._visible_through
-        ):
+        if last_processed is None:
+            self._every_page_reported = False
+        elif self._visible_through is None or last_processed < self._visible_through:
             self._visible_through = last_processed
 
     def before_row(self, xact_id: int) -> bool:
@@ -77,13 +78,14 @@ class Watermark:
         # Every row written up to `previous` has now been emitted.
         return self._settle(previous)
 
-    def finish(self) -> bool:
+    def finish(self, *, ended_empty: bool) -> bool:
         """Account for the end of the read; True if the watermark moved.
 
-        When the server reported its freshness, every write up to it has been read, rows
-        or not, so the watermark moves there: an idle object is then not read again.
+        When the read ended on an empty page and every page reported the server's freshness,
+        every write up to it has been read, rows or not, so the watermark moves there: an
+        idle object is then not read again. Otherwise it stays on the rows read.
         """
-        if self._visible_through is not None:
+        if ended_empty and self._every_page_reported and self._visible_through is not None:
             moved = self.value != self._visible_through
             self.value = self._visible_through
             return moved

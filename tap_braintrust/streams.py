@@ -156,7 +156,9 @@ class EventStream(BtqlStream):
         state = self.get_context_state(context)
         self._start_progress_from_bookmark(state)
         query, watermark = self._plan(context, state)
+        ended_empty = False
         for page in self.query_pages(query, context):
+            ended_empty = not page.rows
             watermark.visible_through(page.last_processed_xact_id)
             for row in page.rows:
                 xact_id = parse_xact_id(row.get("_xact_id"))
@@ -177,7 +179,7 @@ class EventStream(BtqlStream):
                 if moved:
                     state[WATERMARK_KEY] = str(watermark.value)
                 yield row
-        if watermark.finish() or WATERMARK_KEY not in state:
+        if watermark.finish(ended_empty=ended_empty) or WATERMARK_KEY not in state:
             state[WATERMARK_KEY] = str(watermark.value)
 
     def _start_progress_from_bookmark(self, state: dict[str, Any]) -> None:
@@ -209,9 +211,9 @@ class EventStream(BtqlStream):
                 "fix it, or remove that partition from the state to read the object again"
             )
             raise BraintrustError(msg)
-        if not start and (bookmark := state.get("replication_key_value")) is not None:
+        if stored is None and (bookmark := state.get("replication_key_value")) is not None:
             created_since = self._bookmark_without_watermark(object_id, bookmark, created_since)
-        after = lookback(start, self.config["lookback_seconds"]) if start else 0
+        after = lookback(start, self.config["lookback_seconds"])
         query = RowsQuery(
             self.source,
             object_id,
@@ -249,11 +251,17 @@ class EventStream(BtqlStream):
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
-        try:
-            row["created"] = normalize_timestamp(row.get("created"))
-        except ValueError as exc:
-            msg = f"{self.name}: row {row.get('id')!r} has an unreadable `created`: {exc}"
-            raise BraintrustError(msg) from exc
+        created = row.get("created")
+        problem = None if created is None else f"{created!r} is not an ISO-8601 string"
+        if isinstance(created, str):
+            try:
+                row["created"] = normalize_timestamp(created)
+                problem = None
+            except ValueError as exc:
+                problem = str(exc)
+        if problem:
+            msg = f"{self.name}: row {row.get('id')!r} has an unreadable `created`: {problem}"
+            raise BraintrustError(msg)
         return row
 
     @override

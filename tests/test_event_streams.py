@@ -201,6 +201,11 @@ def _row(row_id: str, xact_id: str) -> dict[str, Any]:
             "row 'r1' has an unreadable `created`",
             id="bad-created",
         ),
+        pytest.param(
+            lambda _n: {"data": [{**_row("r1", "5"), "created": 1_763_000_000}]},
+            "row 'r1' has an unreadable `created`: 1763000000 is not an ISO-8601 string",
+            id="numeric-created",
+        ),
     ],
 )
 def test_nonsense_from_btql_stops_the_run_clearly(
@@ -232,3 +237,32 @@ def test_a_malformed_watermark_in_state_is_named(
     last_line = run.stderr.strip().splitlines()[-1]
     assert "xact_id_watermark '12abc'" in last_line
     assert project["id"] in last_line
+
+
+def test_a_zero_watermark_is_a_watermark_not_a_missing_one(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    # "0" (e.g. a server that reported nothing processed yet) means "read every row", even
+    # beside a `created` bookmark; only a missing watermark falls back to the bookmark.
+    project = demo_of(emulator).projects[0]
+    partition = {
+        "context": {"project_id": project["id"]},
+        "replication_key": "created",
+        "replication_key_value": "2099-01-01T00:00:00.000000Z",
+    }
+    config = tap_config(emulator, project_ids=[project["id"]])
+    zero = run_tap(
+        config,
+        state={
+            "bookmarks": {"project_logs": {"partitions": [{**partition, "xact_id_watermark": "0"}]}}
+        },
+    )
+    assert zero.returncode == 0, zero.stderr
+    expected = truth(emulator)["project_logs"]
+    assert len(zero.records("project_logs")) == sum(k[0] == project["id"] for k in expected)
+    assert "no xact_id_watermark" not in zero.stderr
+
+    missing = run_tap(config, state={"bookmarks": {"project_logs": {"partitions": [partition]}}})
+    assert missing.returncode == 0, missing.stderr
+    assert missing.records("project_logs") == []
+    assert "the state has a `created` bookmark but no xact_id_watermark" in missing.stderr

@@ -32,7 +32,7 @@ def test_it_moves_only_past_transactions_read_in_full() -> None:
         BASE + 1,
         BASE + 1,
     ]
-    assert watermark.finish() is True
+    assert watermark.finish(ended_empty=True) is True
     assert watermark.value == BASE + 2
 
 
@@ -40,13 +40,13 @@ def test_it_never_goes_below_where_it_started() -> None:
     watermark = Watermark(BASE + 50)
     # Rows re-read from the lookback window below the old watermark.
     assert _read(watermark, [BASE + 10, BASE + 20, BASE + 60]) == [BASE + 50] * 3
-    watermark.finish()
+    watermark.finish(ended_empty=True)
     assert watermark.value == BASE + 60
 
 
 def test_an_empty_read_keeps_the_old_watermark() -> None:
     watermark = Watermark(BASE)
-    assert watermark.finish() is False
+    assert watermark.finish(ended_empty=True) is False
     assert watermark.value == BASE
 
 
@@ -55,15 +55,34 @@ def test_the_servers_freshness_caps_it_while_reading_and_sets_it_at_the_end() ->
     watermark.visible_through(BASE + 3)  # a write above BASE + 3 may still be invisible
     watermark.visible_through(BASE + 9)  # later pages report more; the lowest counts
     assert _read(watermark, [BASE + 2, BASE + 5, BASE + 7]) == [0, BASE + 2, BASE + 3]
-    watermark.finish()
+    watermark.finish(ended_empty=True)
     assert watermark.value == BASE + 3
 
 
 def test_with_freshness_an_idle_object_moves_to_the_servers_horizon() -> None:
     watermark = Watermark(BASE)
     watermark.visible_through(BASE + 100 * SECOND)
-    assert watermark.finish() is True
+    assert watermark.finish(ended_empty=True) is True
     assert watermark.value == BASE + 100 * SECOND
+
+
+def test_a_page_without_freshness_keeps_it_on_the_rows_read() -> None:
+    # Page 1 reports nothing (a write at BASE + 20 may be invisible), page 2 reports more.
+    watermark = Watermark(0)
+    watermark.visible_through(None)
+    _read(watermark, [BASE + 10, BASE + 30])
+    watermark.visible_through(BASE + 40)
+    watermark.finish(ended_empty=True)
+    assert watermark.value == BASE + 30
+
+
+def test_a_read_that_did_not_end_on_an_empty_page_stays_on_the_rows_read() -> None:
+    # The last page had rows but no cursor: whether more rows were due is unknown.
+    watermark = Watermark(0)
+    watermark.visible_through(BASE + 90)
+    _read(watermark, [BASE + 10, BASE + 30])
+    watermark.finish(ended_empty=False)
+    assert watermark.value == BASE + 30
 
 
 def test_rows_out_of_order_are_refused() -> None:
