@@ -83,9 +83,13 @@ class Watermark:
 
         When the read ended on an empty page and every page reported the server's freshness,
         every write up to it has been read, rows or not, so the watermark moves there: an
-        idle object is then not read again. Otherwise it stays on the rows read.
+        idle object is then not read again. After any other empty last page it moves past
+        the last transaction read. A last page with rows but no cursor leaves unknown
+        whether that transaction was read in full, so the watermark stays below it.
         """
-        if ended_empty and self._every_page_reported and self._visible_through is not None:
+        if not ended_empty:
+            return False
+        if self._every_page_reported and self._visible_through is not None:
             moved = self.value != self._visible_through
             self.value = self._visible_through
             return moved

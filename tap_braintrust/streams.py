@@ -241,7 +241,7 @@ class EventStream(BtqlStream):
             raise BraintrustError(msg) from exc
         self.logger.warning(
             "%s %s: the state has a `created` bookmark but no %s; reading rows created since "
-            "%s, so older rows changed since then are not seen this run",
+            "%s, so older rows changed before now are not read (drop the bookmark to read all)",
             self.name,
             object_id,
             WATERMARK_KEY,
@@ -251,7 +251,7 @@ class EventStream(BtqlStream):
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
-        created = row.get("created")
+        created = row["created"] = row.get("created")  # the SDK's bookmark reads the key
         problem = None if created is None else f"{created!r} is not an ISO-8601 string"
         if isinstance(created, str):
             try:

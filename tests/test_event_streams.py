@@ -219,6 +219,16 @@ def test_nonsense_from_btql_stops_the_run_clearly(
     assert "Traceback" not in run.stderr
 
 
+def test_a_row_without_created_is_emitted_with_a_null_created(
+    run_tap: Callable[..., TapRun],
+) -> None:
+    row = {k: v for k, v in _row("r1", "5").items() if k != "created"}
+    with serve(_fake_braintrust(lambda _n: {"data": [row]})) as (api_url, _):
+        run = run_tap({"api_key": API_KEY, "api_url": api_url})
+    assert run.returncode == 0, run.stderr
+    assert [(r["id"], r["created"]) for r in run.records("project_logs")] == [("r1", None)]
+
+
 def test_a_malformed_watermark_in_state_is_named(
     emulator: Emulator, run_tap: Callable[..., TapRun]
 ) -> None:

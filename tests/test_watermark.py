@@ -76,13 +76,13 @@ def test_a_page_without_freshness_keeps_it_on_the_rows_read() -> None:
     assert watermark.value == BASE + 30
 
 
-def test_a_read_that_did_not_end_on_an_empty_page_stays_on_the_rows_read() -> None:
-    # The last page had rows but no cursor: whether more rows were due is unknown.
+def test_a_read_that_did_not_end_on_an_empty_page_stays_below_its_last_transaction() -> None:
+    # The last page had rows but no cursor: whether more rows of BASE + 30 were due is unknown.
     watermark = Watermark(0)
     watermark.visible_through(BASE + 90)
-    _read(watermark, [BASE + 10, BASE + 30])
-    watermark.finish(ended_empty=False)
-    assert watermark.value == BASE + 30
+    _read(watermark, [BASE + 10, BASE + 30, BASE + 30])
+    assert watermark.finish(ended_empty=False) is False
+    assert watermark.value == BASE + 10
 
 
 def test_rows_out_of_order_are_refused() -> None:
