@@ -190,12 +190,8 @@ class EventStream(BtqlStream):
         partition, that such streams cannot resume; these can, and the note says so.
         """
         markers: dict[str, Any] = {"Note": f"Resumable from {WATERMARK_KEY}."}
-        bookmark = state.get("replication_key_value")
-        if isinstance(bookmark, str) and _is_timestamp(bookmark):
-            markers |= {
-                "replication_key": self.replication_key,
-                "replication_key_value": normalize_timestamp(bookmark),
-            }
+        if bookmark := _timestamp_or_none(state.get("replication_key_value")):
+            markers |= {"replication_key": self.replication_key, "replication_key_value": bookmark}
         state.setdefault("progress_markers", markers)
 
     def _plan(self, context: Context, state: dict[str, Any]) -> tuple[RowsQuery, Watermark]:
@@ -229,7 +225,7 @@ class EventStream(BtqlStream):
     ) -> str | None:
         """The later of a `created` bookmark (state written by hand or another tool) and start_date.
 
-        Honoured, though rows annotated since cannot be found this once.
+        Honoured, with a warning: older rows annotated before this run stay unread.
         """
         try:
             since = normalize_timestamp(str(bookmark))
@@ -272,12 +268,14 @@ class EventStream(BtqlStream):
         return format_timestamp(signpost) if isinstance(signpost, datetime) else signpost
 
 
-def _is_timestamp(value: str) -> bool:
+def _timestamp_or_none(value: Any) -> str | None:
+    """`value` in the fixed-width form if it is a readable timestamp string, else None."""
+    if not isinstance(value, str):
+        return None
     try:
-        normalize_timestamp(value)
+        return normalize_timestamp(value)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 class ProjectLogsStream(EventStream):
