@@ -88,6 +88,15 @@ def demo_of(emu: Emulator) -> Demo:
     return emu.demo
 
 
+def select_only(catalog: dict[str, Any], stream: str) -> dict[str, Any]:
+    """`catalog` (from --discover) with only `stream` selected."""
+    for entry in catalog["streams"]:
+        for metadata in entry["metadata"]:
+            if metadata["breadcrumb"] == []:
+                metadata["metadata"]["selected"] = entry["tap_stream_id"] == stream
+    return catalog
+
+
 def tap_config(emu: Emulator, **overrides: Any) -> dict[str, Any]:
     """A working config for `emu`; `overrides` add or replace settings."""
     return {"api_key": API_KEY, "api_url": emu.url, **overrides}

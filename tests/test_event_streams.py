@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import API_KEY, demo_of, tap_config
+from tests.conftest import API_KEY, demo_of, select_only, tap_config
 from tests.emulator import running_emulator
 from tests.emulator.btql import constrained_fields, parse_query
 from tests.throwaway_server import answer, serve
@@ -95,11 +95,7 @@ def test_start_date_keeps_rows_created_since(
 def test_an_event_stream_selected_alone_reads_its_parents_silently(
     emulator: Emulator, run_tap: Callable[..., TapRun]
 ) -> None:
-    catalog = json.loads(run_tap(None, "--discover").stdout)
-    for entry in catalog["streams"]:
-        for metadata in entry["metadata"]:
-            if metadata["breadcrumb"] == []:
-                metadata["metadata"]["selected"] = entry["tap_stream_id"] == "experiment_events"
+    catalog = select_only(json.loads(run_tap(None, "--discover").stdout), "experiment_events")
     run = run_tap(tap_config(emulator), catalog=catalog)
     assert run.returncode == 0, run.stderr
     assert {m["stream"] for m in run.messages if m["type"] in {"RECORD", "SCHEMA"}} == {

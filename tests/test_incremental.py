@@ -348,6 +348,16 @@ def test_a_killed_run_resumed_from_its_last_state_loses_nothing(
     assert target.differences(truth(emu)) == []
 
 
+def _kill_inside_project_logs(emu: Emulator, tmp_path: Path) -> list[dict[str, Any]]:
+    """Kill a run with no lookback at its first STATE inside project_logs (after 10,000 rows)."""
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(tap_config(emu, lookback_seconds=0)))
+    return _run_until_killed(
+        config_path,
+        lambda seen: any(m["type"] == "RECORD" and m["stream"] == "project_logs" for m in seen),
+    )
+
+
 def test_a_run_killed_inside_a_big_project_resumes_from_its_watermark(
     clock: ManualClock, run_tap: Callable[..., TapRun], tmp_path: Path
 ) -> None:
@@ -357,14 +367,8 @@ def test_a_run_killed_inside_a_big_project_resumes_from_its_watermark(
         clock.advance(3600)
         # All 25 writes share one clock second, so any lookback would re-read them all;
         # without one, the resumed run must start exactly after the watermark.
-        config_path = tmp_path / "config.json"
-        config_path.write_text(json.dumps(tap_config(emu, lookback_seconds=0)))
         target = Target()
-        # The SDK writes STATE every 10,000 records: stop at the first inside project_logs.
-        messages = _run_until_killed(
-            config_path,
-            lambda seen: any(m["type"] == "RECORD" and m["stream"] == "project_logs" for m in seen),
-        )
+        messages = _kill_inside_project_logs(emu, tmp_path)
         target.load(messages)
         assert len(target.tables["project_logs"]) == 10_000
         state = _last_state(messages)
@@ -392,13 +396,8 @@ def test_a_run_killed_inside_an_object_misses_no_write_that_became_visible_late(
             xact_id = emu.store.insert_rows("project_logs", project, rows, visible=write != 2)
             slow = xact_id if write == 2 else slow
             clock.advance(60)
-        config_path = tmp_path / "config.json"
-        config_path.write_text(json.dumps(tap_config(emu, lookback_seconds=0)))
         target = Target()
-        messages = _run_until_killed(
-            config_path,
-            lambda seen: any(m["type"] == "RECORD" and m["stream"] == "project_logs" for m in seen),
-        )
+        messages = _kill_inside_project_logs(emu, tmp_path)
         target.load(messages)
         assert len(target.tables["project_logs"]) == 10_000  # writes 0, 1 and 3 to 10
         (partition,) = _last_state(messages)["bookmarks"]["project_logs"]["partitions"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from tests.conftest import API_KEY, OBJECT_STREAMS, tap_config
+from tests.conftest import API_KEY, OBJECT_STREAMS, select_only, tap_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -121,11 +121,7 @@ def test_org_name_is_sent_and_scopes_a_multi_org_key(
 def test_selecting_only_a_child_stream_reads_its_parent_silently(
     emulator: Emulator, run_tap: Callable[..., TapRun]
 ) -> None:
-    catalog = json.loads(run_tap(None, "--discover").stdout)
-    for entry in catalog["streams"]:
-        for metadata in entry["metadata"]:
-            if metadata["breadcrumb"] == []:
-                metadata["metadata"]["selected"] = entry["tap_stream_id"] == "datasets"
+    catalog = select_only(json.loads(run_tap(None, "--discover").stdout), "datasets")
     run = run_tap(tap_config(emulator), catalog=catalog)
     assert run.returncode == 0, run.stderr
     emitted_streams = {m["stream"] for m in run.messages if m["type"] == "RECORD"}
