@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.activity import (
+    DAY,
+    START,
+    ManualClock,
+    annotate,
+    iso,
+    recent_activity,
+    window_keys,
+    xact_floor,
+)
 from tests.conftest import API_KEY, TAP_EXECUTABLE, demo_of, tap_config
 from tests.emulator import generate_logs, running_emulator
 from tests.emulator.btql import parse_query
-from tests.warehouse import ROW_STREAMS, Target, truth
+from tests.warehouse import Target, truth
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -25,22 +34,6 @@ if TYPE_CHECKING:
 
     from tests.conftest import TapRun
     from tests.emulator import Emulator
-
-DAY = 86_400.0
-START = 1_795_000_000.0  # 2026-11-18T11:06:40Z
-
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -60,82 +53,8 @@ def emu(clock: ManualClock, request: pytest.FixtureRequest) -> Iterator[Emulator
     ) as emulator:
         emulator.load_demo(seed=7)
         clock.advance(DAY)
-        _recent_activity(emulator, clock)
+        recent_activity(emulator, clock)
         yield emulator
-
-
-def _recent_activity(emu: Emulator, clock: ManualClock) -> None:
-    """A few writes in the minute before a run: what its lookback will read again."""
-    project = demo_of(emu).projects[0]["id"]
-    clock.advance(-30)
-    emu.store.insert_rows(
-        "project_logs",
-        project,
-        [{"id": f"recent-{n}", "input": {"q": n}, "created": _iso(clock.now)} for n in range(3)],
-    )
-    clock.advance(30)
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _annotate(emu: Emulator, clock: ManualClock) -> dict[str, set[tuple[str, str]]]:
-    """What users do between two syncs; returns the keys of every row it writes."""
-    clock.advance(3600)
-    store = emu.store
-    project = demo_of(emu).projects[1]["id"]
-    logs = store.rows("project_logs", project)
-    old = sorted(logs, key=lambda row: row["created"])[:4]  # the oldest rows get reviewed
-    changed: dict[str, set[tuple[str, str]]] = {
-        "project_logs": set(),
-        "experiment_events": set(),
-        "dataset_events": set(),
-    }
-    store.merge_rows(
-        "project_logs",
-        project,
-        [
-            {"id": old[0]["id"], "scores": {"human_review": 0.25}},
-            {"id": old[1]["id"], "expected": {"answer": "corrected by a reviewer"}},
-            {"id": old[2]["id"], "tags": ["annotated", "regression"]},
-        ],
-    )
-    store.add_comment("project_logs", project, old[3]["id"], "wrong tool was called")
-    changed["project_logs"] |= {(project, row["id"]) for row in old}
-    # A late row: logged now by a client whose clock is three days behind.
-    store.insert_rows(
-        "project_logs",
-        project,
-        [{"id": "late-1", "input": "late", "created": _iso(clock.now - 3 * DAY)}],
-    )
-    store.insert_rows(
-        "project_logs",
-        project,
-        [{"id": "new-1", "input": "new", "created": _iso(clock.now)}],
-    )
-    changed["project_logs"] |= {(project, "late-1"), (project, "new-1")}
-    experiment = demo_of(emu).experiments[0]
-    row = store.rows("experiment", experiment["id"])[-1]
-    store.merge_rows("experiment", experiment["id"], [{"id": row["id"], "scores": {"judge": 1}}])
-    changed["experiment_events"].add((experiment["id"], row["id"]))
-    dataset = demo_of(emu).datasets[0]
-    record = store.rows("dataset", dataset["id"])[-1]
-    store.merge_rows(
-        "dataset",
-        dataset["id"],
-        [{"id": record["id"], "expected": "fixed", "metadata": {"user_correction": True}}],
-    )
-    changed["dataset_events"].add((dataset["id"], record["id"]))
-    # New objects appear between runs, with rows.
-    fresh_experiment = store.add_experiment(experiment["project_id"], "after-run-1")
-    store.insert_rows("experiment", fresh_experiment["id"], [{"id": "e-1", "input": 1}])
-    fresh_dataset = store.add_dataset(dataset["project_id"], "after-run-1")
-    store.insert_rows("dataset", fresh_dataset["id"], [{"id": "d-1", "expected": 2}])
-    changed["experiment_events"].add((fresh_experiment["id"], "e-1"))
-    changed["dataset_events"].add((fresh_dataset["id"], "d-1"))
-    clock.advance(600)
-    return changed
 
 
 def _sync(
@@ -146,23 +65,6 @@ def _sync(
     return run
 
 
-def _window_keys(
-    emu: Emulator, state: dict[str, Any], lookback_seconds: int
-) -> set[tuple[str, str]]:
-    """Rows whose latest write falls in the lookback window before their partition's watermark."""
-    window: set[tuple[str, str]] = set()
-    for stream in ROW_STREAMS:
-        for partition in state["bookmarks"][stream.name]["partitions"]:
-            parent = partition["context"][stream.parent_key]
-            floor = int(partition["xact_id_watermark"]) - (lookback_seconds << 16)
-            window |= {
-                (parent, row["id"])
-                for row in emu.store.rows(stream.source, parent)
-                if int(row["_xact_id"]) > floor
-            }
-    return window
-
-
 @pytest.mark.parametrize("emu", [True, False], indirect=True, ids=["freshness", "no-freshness"])
 def test_second_run_delivers_annotations_late_rows_and_new_objects(
     emu: Emulator, clock: ManualClock, run_tap: Callable[..., TapRun]
@@ -171,9 +73,9 @@ def test_second_run_delivers_annotations_late_rows_and_new_objects(
     first = _sync(run_tap, emu)
     target.load(first.messages)
     assert target.differences(truth(emu)) == []
-    in_window = _window_keys(emu, first.final_state, 60)
+    in_window = window_keys(emu, first.final_state, 60)
 
-    changed = _annotate(emu, clock)
+    changed = annotate(emu, clock)
     assert target.differences(truth(emu)), "the annotations changed nothing"
     second = _sync(run_tap, emu, first.final_state)
     received = target.load(second.messages)
@@ -258,7 +160,7 @@ def test_a_write_that_becomes_visible_late_is_not_skipped(
 def test_a_new_experiment_starts_from_start_date_while_old_ones_resume(
     emu: Emulator, clock: ManualClock, run_tap: Callable[..., TapRun]
 ) -> None:
-    start_date = _iso(START - 2 * DAY)
+    start_date = iso(START - 2 * DAY)
     first = _sync(run_tap, emu, start_date=start_date)
     clock.advance(3600)
     experiment = emu.store.add_experiment(demo_of(emu).projects[0]["id"], "new")
@@ -266,8 +168,8 @@ def test_a_new_experiment_starts_from_start_date_while_old_ones_resume(
         "experiment",
         experiment["id"],
         [
-            {"id": "before", "input": 1, "created": _iso(START - 3 * DAY)},
-            {"id": "after", "input": 2, "created": _iso(START - DAY)},
+            {"id": "before", "input": 1, "created": iso(START - 3 * DAY)},
+            {"id": "after", "input": 2, "created": iso(START - DAY)},
         ],
     )
     emu.request_log.clear()
@@ -278,22 +180,10 @@ def test_a_new_experiment_starts_from_start_date_while_old_ones_resume(
         if request.path == "/btql":
             query = parse_query(request.json_body["query"])
             if query.source == "experiment":
-                after_xact[query.object_ids[0]] = _xact_floor(request.json_body["query"])
+                after_xact[query.object_ids[0]] = xact_floor(request.json_body["query"])
     assert after_xact.pop(experiment["id"]) == 0
     assert after_xact
     assert all(floor > 0 for floor in after_xact.values())
-
-
-def _xact_floor(query: dict[str, Any]) -> int:
-    """The `_xact_id > N` bound of a query's filter."""
-    pending = [query["filter"]]
-    while pending:
-        node = pending.pop()
-        if node.get("op") == "and":
-            pending += [node["left"], node["right"]]
-        elif node.get("op") == "gt" and node["left"]["name"] == ["_xact_id"]:
-            return int(node["right"]["value"])
-    raise AssertionError(query)
 
 
 # Interrupted runs ------------------------------------------------------------------------
@@ -342,7 +232,7 @@ def test_a_killed_run_resumed_from_its_last_state_loses_nothing(
         config_path, lambda seen: sum(m["type"] == "STATE" for m in seen) == states_to_see
     )
     target.load(messages)
-    _annotate(emu, clock)
+    annotate(emu, clock)
     resumed = _sync(run_tap, emu, _last_state(messages), page_size=50)
     target.load(resumed.messages)
     assert target.differences(truth(emu)) == []

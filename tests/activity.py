@@ -1,0 +1,139 @@
+"""What users do in Braintrust between two syncs, on an emulator whose clock moves by hand.
+
+Shared by the tap-level incremental tests and the Meltano end-to-end tests, so both check the
+same annotations, late rows and new objects. `_xact_id`s embed the write's second, so a
+hand-driven clock makes them realistic and repeatable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from tests.conftest import demo_of
+from tests.warehouse import ROW_STREAMS
+
+if TYPE_CHECKING:
+    from tests.emulator import Emulator
+
+DAY = 86_400.0
+START = 1_795_000_000.0  # 2026-11-18T11:06:40Z
+
+
+class ManualClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        """The time it was last set to."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move on (or back) by `seconds`."""
+        self.now += seconds
+
+
+def recent_activity(emu: Emulator, clock: ManualClock) -> None:
+    """A few writes in the minute before a run: what its lookback will read again."""
+    project = demo_of(emu).projects[0]["id"]
+    clock.advance(-30)
+    emu.store.insert_rows(
+        "project_logs",
+        project,
+        [{"id": f"recent-{n}", "input": {"q": n}, "created": iso(clock.now)} for n in range(3)],
+    )
+    clock.advance(30)
+
+
+def iso(moment: float) -> str:
+    """A Unix time as Braintrust writes `created` (UTC, milliseconds)."""
+    return datetime.fromtimestamp(moment, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def annotate(emu: Emulator, clock: ManualClock) -> dict[str, set[tuple[str, str]]]:
+    """What users do between two syncs; returns the keys of every row it writes."""
+    clock.advance(3600)
+    store = emu.store
+    project = demo_of(emu).projects[1]["id"]
+    logs = store.rows("project_logs", project)
+    old = sorted(logs, key=lambda row: row["created"])[:4]  # the oldest rows get reviewed
+    changed: dict[str, set[tuple[str, str]]] = {
+        "project_logs": set(),
+        "experiment_events": set(),
+        "dataset_events": set(),
+    }
+    store.merge_rows(
+        "project_logs",
+        project,
+        [
+            {"id": old[0]["id"], "scores": {"human_review": 0.25}},
+            {"id": old[1]["id"], "expected": {"answer": "corrected by a reviewer"}},
+            {"id": old[2]["id"], "tags": ["annotated", "regression"]},
+        ],
+    )
+    store.add_comment("project_logs", project, old[3]["id"], "wrong tool was called")
+    changed["project_logs"] |= {(project, row["id"]) for row in old}
+    # A late row: logged now by a client whose clock is three days behind.
+    store.insert_rows(
+        "project_logs",
+        project,
+        [{"id": "late-1", "input": "late", "created": iso(clock.now - 3 * DAY)}],
+    )
+    store.insert_rows(
+        "project_logs",
+        project,
+        [{"id": "new-1", "input": "new", "created": iso(clock.now)}],
+    )
+    changed["project_logs"] |= {(project, "late-1"), (project, "new-1")}
+    experiment = demo_of(emu).experiments[0]
+    row = store.rows("experiment", experiment["id"])[-1]
+    store.merge_rows("experiment", experiment["id"], [{"id": row["id"], "scores": {"judge": 1}}])
+    changed["experiment_events"].add((experiment["id"], row["id"]))
+    dataset = demo_of(emu).datasets[0]
+    record = store.rows("dataset", dataset["id"])[-1]
+    store.merge_rows(
+        "dataset",
+        dataset["id"],
+        [{"id": record["id"], "expected": "fixed", "metadata": {"user_correction": True}}],
+    )
+    changed["dataset_events"].add((dataset["id"], record["id"]))
+    # New objects appear between runs, with rows.
+    fresh_experiment = store.add_experiment(experiment["project_id"], "after-run-1")
+    store.insert_rows("experiment", fresh_experiment["id"], [{"id": "e-1", "input": 1}])
+    fresh_dataset = store.add_dataset(dataset["project_id"], "after-run-1")
+    store.insert_rows("dataset", fresh_dataset["id"], [{"id": "d-1", "expected": 2}])
+    changed["experiment_events"].add((fresh_experiment["id"], "e-1"))
+    changed["dataset_events"].add((fresh_dataset["id"], "d-1"))
+    clock.advance(600)
+    return changed
+
+
+def window_keys(
+    emu: Emulator, state: dict[str, Any], lookback_seconds: int
+) -> set[tuple[str, str]]:
+    """Rows whose latest write falls in the lookback window before their partition's watermark."""
+    window: set[tuple[str, str]] = set()
+    for stream in ROW_STREAMS:
+        for partition in state["bookmarks"][stream.name]["partitions"]:
+            parent = partition["context"][stream.parent_key]
+            floor = int(partition["xact_id_watermark"]) - (lookback_seconds << 16)
+            window |= {
+                (parent, row["id"])
+                for row in emu.store.rows(stream.source, parent)
+                if int(row["_xact_id"]) > floor
+            }
+    return window
+
+
+def xact_floor(query: dict[str, Any]) -> int:
+    """The `_xact_id > N` bound of a query's filter."""
+    pending = [query["filter"]]
+    while pending:
+        node = pending.pop()
+        if node.get("op") == "and":
+            pending += [node["left"], node["right"]]
+        elif node.get("op") == "gt" and node["left"]["name"] == ["_xact_id"]:
+            return int(node["right"]["value"])
+    raise AssertionError(query)
