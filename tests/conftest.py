@@ -15,6 +15,8 @@ import pytest
 
 from tap_braintrust import schemas
 from tests.emulator import Emulator, running_emulator
+from tests.meltano_project import install_plugins
+from tests.postgres import PostgresServer, running_postgres
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -40,7 +42,7 @@ STREAM_SCHEMAS = {
 }
 
 
-def _json_union_fields() -> set[str]:
+def json_union_fields() -> set[str]:
     """`stream.field` of every free-form JSON field (typed as a union of all JSON types)."""
     json_types = {"object", "array", "string", "number", "integer", "boolean"}
     return {
@@ -61,7 +63,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     that every `input` is a boolean; those fields are checked against their full schema in
     test_core.py instead.
     """
-    unions = _json_union_fields()
+    unions = json_union_fields()
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
@@ -155,3 +157,16 @@ def run_tap_in(
 def run_tap(tmp_path: Path) -> Callable[..., TapRun]:
     """Run the installed `tap-braintrust` command with a config (and optional catalog, state)."""
     return functools.partial(run_tap_in, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the whole session; each test creates its own database."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def meltano_plugins() -> None:
+    """The tap and loaders installed in the repository's Meltano project, once a session."""
+    install_plugins()

@@ -1,0 +1,94 @@
+"""Meltano as the user runs it: this repository's `meltano.yml`, in a throwaway project.
+
+Each copy gets its own system database (so its own state store, Meltano's default), `.env`
+and `meltano.yml` edits, and shares the plugin venvs `meltano install` built in the
+repository, so a test neither reinstalls plugins nor touches the developer's project.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MELTANO = str(Path(sys.executable).with_name("meltano"))
+_PLUGIN_KINDS = ("extractors", "loaders")
+# Settings a developer may have exported; a test must see only what it sets itself.
+_OWN_PREFIXES = ("TAP_BRAINTRUST_", "TARGET_POSTGRES_", "TARGET_DUCKDB_", "MELTANO_")
+
+
+def clean_environment(**settings: str) -> dict[str, str]:
+    """This process's environment without plugin or Meltano settings, plus `settings`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
+    return {**inherited, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", **settings}
+
+
+def install_plugins() -> None:
+    """`meltano install` in the repository (quick when the venvs are already current)."""
+    done = meltano(ROOT, "install", env=clean_environment())
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+
+def meltano(
+    directory: Path, *args: str, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the `meltano` command in `directory`."""
+    return subprocess.run(
+        [MELTANO, *args],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `meltano` command's outcome and how long it took."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        """Everything it printed: Meltano logs, and the plugins' logs, on stderr."""
+        return self.stdout + self.stderr
+
+
+@dataclass
+class MeltanoProject:
+    """A copy of the repository's Meltano project in `directory`, sharing its plugins."""
+
+    directory: Path
+    env: dict[str, str]
+
+    @classmethod
+    def copy_to(cls, directory: Path, **settings: str) -> MeltanoProject:
+        """Make the copy; `settings` become environment variables of every command."""
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "meltano.yml", directory / "meltano.yml")
+        (directory / ".meltano").mkdir()
+        for kind in _PLUGIN_KINDS:
+            (directory / ".meltano" / kind).symlink_to(ROOT / ".meltano" / kind)
+        return cls(directory, clean_environment(**settings))
+
+    def run(self, *args: str) -> Run:
+        """`meltano ARGS` in this project."""
+        started = time.monotonic()
+        done = meltano(self.directory, *args, env=self.env)
+        return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+    def succeed(self, *args: str) -> Run:
+        """`meltano ARGS`, which must exit 0."""
+        run = self.run(*args)
+        assert run.returncode == 0, f"meltano {' '.join(args)}:\n{run.output[-6000:]}"
+        return run
