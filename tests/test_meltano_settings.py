@@ -1,0 +1,60 @@
+"""Settings reach the tap through Meltano (`meltano config set`, meltano.yml, environment
+variables), and Meltano never shows the API key."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.conftest import API_KEY, demo_of
+from tests.loaded_tables import DuckDBWarehouse
+from tests.meltano_project import MeltanoProject
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.emulator import Emulator
+
+
+@pytest.mark.usefixtures("meltano_plugins")
+def test_settings_reach_the_tap_and_the_key_is_never_shown(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    project = MeltanoProject.copy_to(
+        tmp_path / "project",
+        TAP_BRAINTRUST_API_URL=emulator.url,
+        TARGET_DUCKDB_FILEPATH=str(warehouse.path),
+    )
+    chosen = demo_of(emulator).projects[1]
+    project.succeed("config", "set", "tap-braintrust", "api_key", API_KEY)
+    names = json.dumps([chosen["name"]])
+    project.succeed("config", "set", "tap-braintrust", "project_names", names)
+    project.succeed("config", "set", "tap-braintrust", "page_size", "7")
+    # A sensitive setting goes to `.env`, the others to meltano.yml.
+    assert API_KEY in (project.directory / ".env").read_text()
+    meltano_yml = (project.directory / "meltano.yml").read_text()
+    assert API_KEY not in meltano_yml
+    assert "page_size: 7" in meltano_yml
+
+    listing = project.succeed("config", "list", "--all", "tap-braintrust")
+    printed = project.succeed("config", "print", "tap-braintrust")
+    assert "api_key [env: TAP_BRAINTRUST_API_KEY] current value: (redacted)" in listing.stdout
+    assert f"current value: '{emulator.url}' (from the TAP_BRAINTRUST_API_URL" in listing.stdout
+    assert json.loads(printed.stdout)["page_size"] == 7
+    run = project.succeed("run", "tap-braintrust", "target-duckdb")
+    for shown in (listing, printed, run):
+        assert API_KEY not in shown.output
+        assert API_KEY[3:15] not in shown.output
+
+    # Only the named project, read 7 rows or objects at a time, with the key from `.env`.
+    assert warehouse.query("SELECT id FROM braintrust.projects") == [(chosen["id"],)]
+    assert warehouse.query("SELECT DISTINCT project_id FROM braintrust.project_logs") == [
+        (chosen["id"],)
+    ]
+    btql = [request for request in emulator.request_log if request.path == "/btql"]
+    assert btql
+    assert {request.json_body["query"]["limit"] for request in btql} == {7}
+    assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in emulator.request_log)
