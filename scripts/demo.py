@@ -29,6 +29,16 @@ TABLES = (
     "experiment_events",
     "dataset_events",
 )
+# One real question, answered over the loaded logs: how do people rate each model's answers?
+RATING_PER_MODEL = """
+SELECT coalesce(metadata->>'model', '(no model)') AS model,
+       count(*) AS reviewed,
+       avg(CAST(scores->>'user_rating' AS DOUBLE)) AS average_rating
+FROM braintrust.project_logs
+WHERE scores->>'user_rating' IS NOT NULL
+GROUP BY 1
+ORDER BY average_rating DESC, model
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +92,7 @@ def summary(elapsed: float) -> str:
             FROM {SCHEMA}.projects p ORDER BY p.name
             """  # noqa: S608 - fixed identifiers
         ).fetchall()
+        ratings = db.execute(RATING_PER_MODEL).fetchall()
     relative = WAREHOUSE.relative_to(ROOT)
     lines = [
         "",
@@ -94,6 +105,12 @@ def summary(elapsed: float) -> str:
     lines += [
         f"    {name:<32}{experiments:>3} experiments {datasets:>3} datasets"
         for name, experiments, datasets in per_project
+    ]
+    lines += ["", "  Human review (scores.user_rating, 0 to 1) per model, in SQL:"]
+    lines += [f"    {line}" for line in RATING_PER_MODEL.strip().splitlines()]
+    lines += ["", f"    {'model':<20}{'reviewed':>9}{'average':>9}"]
+    lines += [
+        f"    {model:<20}{reviewed:>9}{average:>9.2f}" for model, reviewed, average in ratings
     ]
     lines += ["", f"Explore it: duckdb {relative}  (or any DuckDB client)"]
     return "\n".join(lines)

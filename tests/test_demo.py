@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import duckdb
+import pytest
 
 from scripts import demo
 from tests.conftest import OBJECT_STREAMS
 from tests.emulator import Store, generate_demo
+from tests.meltano_project import ROOT, clean_environment
 from tests.warehouse import ROW_STREAMS
 
-ROOT = Path(__file__).parent.parent
-MELTANO = str(Path(sys.executable).with_name("meltano"))
 
-
-def test_demo_loads_every_object_and_row_into_duckdb() -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TAP_BRAINTRUST")}
-    subprocess.run([MELTANO, "install"], cwd=ROOT, env=env, check=True, capture_output=True)
+@pytest.mark.usefixtures("meltano_plugins")
+def test_demo_loads_every_object_and_row_into_duckdb_and_answers_its_question() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "scripts.demo"],
         cwd=ROOT,
-        env=env,
+        env=clean_environment(),
         capture_output=True,
         text=True,
         check=False,
@@ -49,3 +45,14 @@ def test_demo_loads_every_object_and_row_into_duckdb() -> None:
             )
             assert len(keys) == len(set(keys)) == expected_count, stream.name
             assert f"{stream.name:<18}{len(keys):>6}" in done.stdout
+
+    ratings: dict[str, list[float]] = {}
+    for project in truth.objects("project"):
+        for row in truth.rows("project_logs", project["id"]):
+            rating = (row["scores"] or {}).get("user_rating")
+            if rating is not None:
+                model = (row["metadata"] or {}).get("model") or "(no model)"
+                ratings.setdefault(model, []).append(rating)
+    assert len(ratings) > 2
+    for model, values in ratings.items():
+        assert f"{model:<20}{len(values):>9}{sum(values) / len(values):>9.2f}" in done.stdout
