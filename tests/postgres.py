@@ -8,6 +8,7 @@ Debian package creates (else `nobody`). `scripts/test` installs the package when
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 _DEBIAN_BINARIES = Path("/usr/lib/postgresql")
 _SUPERUSER = "warehouse_admin"
+_SERVER_TIME_ZONE = "Pacific/Chatham"  # UTC+13:45: any timestamp shifted by it shows
+_START_ATTEMPTS = 3
 
 
 class PostgresUnavailableError(RuntimeError):
@@ -76,7 +79,11 @@ def server_binaries() -> Path:
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).resolve().parent
     versions = sorted(
-        (path for path in _DEBIAN_BINARIES.glob("*/bin") if (path / "initdb").exists()),
+        (
+            path
+            for path in _DEBIAN_BINARIES.glob("*/bin")
+            if (path / "initdb").exists() and (path / "pg_ctl").exists()
+        ),
         key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
     )
     if not versions:
@@ -94,7 +101,8 @@ def running_postgres() -> Iterator[PostgresServer]:
     """Start a server, yield it, then stop it and delete its files."""
     binaries = server_binaries()
     account = _unprivileged_account()
-    workdir = Path(tempfile.mkdtemp(prefix="tap-braintrust-pg-"))
+    # Under root, a private TMPDIR would be out of the server account's reach.
+    workdir = Path(tempfile.mkdtemp(prefix="tap-braintrust-pg-", dir=_shared_tmp()))
     try:
         os.chown(workdir, account.pw_uid, account.pw_gid)
         password = secrets.token_urlsafe(18)
@@ -102,26 +110,76 @@ def running_postgres() -> Iterator[PostgresServer]:
         password_file.write_text(password)
         os.chown(password_file, account.pw_uid, account.pw_gid)
         data = workdir / "data"
-        _as(account, binaries / "initdb", "--pgdata", str(data), "--username", _SUPERUSER,
-            "--pwfile", str(password_file), "--auth-host=scram-sha-256", "--auth-local=trust",
-            "--encoding=UTF8", "--locale=C", "--no-sync")  # fmt: skip
+        server = _Programs(binaries, account, workdir)
+        server.run("initdb", "--pgdata", str(data), "--username", _SUPERUSER,
+                   "--pwfile", str(password_file), "--auth-host=scram-sha-256",
+                   "--auth-local=trust", "--encoding=UTF8", "--locale=C", "--no-sync")  # fmt: skip
         password_file.unlink()
-        port = _free_port()
-        # Durability is not under test: skip fsync to keep the suite fast.
-        options = f"-h 127.0.0.1 -p {port} -k {workdir} -c fsync=off -c synchronous_commit=off"
-        log = workdir / "server.log"
-        try:
-            _as(account, binaries / "pg_ctl", "--pgdata", str(data), "--log", str(log),
-                "--options", options, "--wait", "start")  # fmt: skip
-        except PostgresUnavailableError as error:
-            message = f"{error}\n{_tail(log)}"
-            raise PostgresUnavailableError(message) from None
+        port = server.start(data)
         try:
             yield PostgresServer("127.0.0.1", port, _SUPERUSER, password)
         finally:
-            _as(account, binaries / "pg_ctl", "--pgdata", str(data), "--mode", "fast", "stop")
+            server.run("pg_ctl", "--pgdata", str(data), "--mode", "fast", "stop")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Programs:
+    """PostgreSQL's server programs, run as the unprivileged account."""
+
+    binaries: Path
+    account: pwd.struct_passwd
+    workdir: Path
+
+    def start(self, data: Path) -> int:
+        """Start on a free loopback port (tried again if another process takes it first)."""
+        log = self.workdir / "server.log"
+        for attempt in range(_START_ATTEMPTS):
+            port = _free_port()
+            # Durability is not under test, so no fsync. The time zone is deliberately not
+            # UTC, so the tests prove that loaded timestamps do not depend on it.
+            options = (
+                f"-h 127.0.0.1 -p {port} -k '{self.workdir}' -c fsync=off"
+                f" -c synchronous_commit=off -c timezone={_SERVER_TIME_ZONE}"
+            )
+            try:
+                self.run("pg_ctl", "--pgdata", str(data), "--log", str(log),
+                         "--options", options, "--wait", "start")  # fmt: skip
+            except PostgresUnavailableError as error:
+                # A start that timed out may still come up: make sure it does not outlive us.
+                with contextlib.suppress(PostgresUnavailableError):
+                    self.run("pg_ctl", "--pgdata", str(data), "--mode", "immediate", "stop")
+                if attempt == _START_ATTEMPTS - 1:
+                    message = f"{error}\n{_tail(log)}"
+                    raise PostgresUnavailableError(message) from None
+            else:
+                return port
+        raise AssertionError  # unreachable: the last attempt returns or raises
+
+    def run(self, program: str, *args: str) -> None:
+        """Run one program; raise with its output if it fails."""
+        privileged = os.geteuid() == 0
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        done = subprocess.run(
+            [str(self.binaries / program), *args],
+            user=self.account.pw_uid if privileged else None,
+            group=self.account.pw_gid if privileged else None,
+            extra_groups=[] if privileged else None,
+            env={**environment, "LC_ALL": "C", "HOME": str(self.workdir)},
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            message = f"{program} {' '.join(args)} failed ({done.returncode}): "
+            raise PostgresUnavailableError(message + (done.stderr or done.stdout).strip())
+
+
+def _shared_tmp() -> str | None:
+    return "/tmp" if os.geteuid() == 0 else None  # noqa: S108 - reachable by the server account
 
 
 def _unprivileged_account() -> pwd.struct_passwd:
@@ -134,26 +192,6 @@ def _unprivileged_account() -> pwd.struct_passwd:
             return accounts[name]
     message = "running as root, and neither a `postgres` nor a `nobody` account exists"
     raise PostgresUnavailableError(message)
-
-
-def _as(account: pwd.struct_passwd, program: Path, *args: str) -> None:
-    """Run a server program as `account`; raise with its output if it fails."""
-    privileged = os.geteuid() == 0
-    done = subprocess.run(
-        [str(program), *args],
-        user=account.pw_uid if privileged else None,
-        group=account.pw_gid if privileged else None,
-        extra_groups=[] if privileged else None,
-        env={**os.environ, "LC_ALL": "C", "HOME": tempfile.gettempdir()},
-        cwd=tempfile.gettempdir(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        message = f"{program.name} {' '.join(args[-1:])} failed ({done.returncode}): "
-        raise PostgresUnavailableError(message + (done.stderr or done.stdout).strip())
 
 
 def _free_port() -> int:
