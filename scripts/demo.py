@@ -1,23 +1,24 @@
 """README command #1: the emulator with demo data, Meltano into DuckDB, and a summary.
 
-Run through `bash scripts/demo`, which installs everything first.
+Run through `bash scripts/demo`, which installs everything first. Meltano runs in a
+throwaway copy of this project (tests/meltano_project.py) and loads its own file, so the
+demo never touches a pipeline you set up here for a real org: its state, settings or data.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import duckdb
 
 from tests.emulator import running_emulator
+from tests.meltano_project import MeltanoProject
 
 ROOT = Path(__file__).resolve().parent.parent
-WAREHOUSE = ROOT / "output" / "warehouse.duckdb"
+WAREHOUSE = ROOT / "output" / "demo.duckdb"
 MELTANO_LOG = ROOT / "output" / "demo-meltano.log"
 SCHEMA = "braintrust"
 DEMO_API_KEY = "sk-demo-not-a-real-key"
@@ -49,31 +50,26 @@ def main(argv: list[str] | None = None) -> int:
 
     WAREHOUSE.parent.mkdir(exist_ok=True)
     WAREHOUSE.unlink(missing_ok=True)
-    with running_emulator(api_key=DEMO_API_KEY, demo_seed=args.seed) as emulator:
+    with (
+        running_emulator(api_key=DEMO_API_KEY, demo_seed=args.seed) as emulator,
+        tempfile.TemporaryDirectory(prefix="tap-braintrust-demo-") as scratch,
+    ):
         print(f"Braintrust emulator with demo data at {emulator.url}")
-        env = {
-            **os.environ,
-            "TAP_BRAINTRUST_API_URL": emulator.url,
-            "TAP_BRAINTRUST_API_KEY": DEMO_API_KEY,
-        }
-        command = ["meltano", "run", "--full-refresh", "tap-braintrust", "target-duckdb"]
-        print(f"$ {' '.join(command)}   (log: {MELTANO_LOG.relative_to(ROOT)})")
-        started = time.monotonic()
-        with MELTANO_LOG.open("w") as log:
-            done = subprocess.run(  # noqa: S603 - a fixed command
-                [str(Path(sys.executable).with_name("meltano")), *command[1:]],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        elapsed = time.monotonic() - started
+        project = MeltanoProject.copy_to(
+            Path(scratch),
+            TAP_BRAINTRUST_API_URL=emulator.url,
+            TAP_BRAINTRUST_API_KEY=DEMO_API_KEY,
+            TARGET_DUCKDB_FILEPATH=str(WAREHOUSE),
+        )
+        log = MELTANO_LOG.relative_to(ROOT)
+        print(f"$ meltano run tap-braintrust target-duckdb   (log: {log})")
+        done = project.run("run", "tap-braintrust", "target-duckdb")
+    MELTANO_LOG.write_text(done.output)
     if done.returncode != 0:
-        print(MELTANO_LOG.read_text()[-4000:], file=sys.stderr)
+        print(done.output[-4000:], file=sys.stderr)
         print(f"meltano run failed with exit code {done.returncode}", file=sys.stderr)
         return done.returncode
-    print(summary(elapsed))
+    print(summary(done.seconds))
     return 0
 
 

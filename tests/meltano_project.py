@@ -2,24 +2,27 @@
 
 Each copy gets its own system database (so its own state store, Meltano's default), `.env`
 and `meltano.yml` edits, and shares the plugin venvs `meltano install` built in the
-repository, so a test neither reinstalls plugins nor touches the developer's project.
+repository, so neither the tests nor the demo reinstall plugins or touch the developer's
+own pipeline: its state, its `.env`, or tap settings it saved in `meltano.yml`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 MELTANO = str(Path(sys.executable).with_name("meltano"))
 _PLUGIN_KINDS = ("extractors", "loaders")
-# Settings a developer may have exported; a test must see only what it sets itself.
-_OWN_PREFIXES = ("TAP_BRAINTRUST_", "TARGET_POSTGRES_", "TARGET_DUCKDB_", "MELTANO_")
+# Settings a developer may have exported (PG* reach target-postgres' libpq); a copy must
+# see only what it is given.
+_OWN_PREFIXES = ("TAP_BRAINTRUST_", "TARGET_POSTGRES_", "TARGET_DUCKDB_", "MELTANO_", "PG")
 
 
 def clean_environment(**settings: str) -> dict[str, str]:
@@ -30,23 +33,7 @@ def clean_environment(**settings: str) -> dict[str, str]:
 
 def install_plugins() -> None:
     """`meltano install` in the repository (quick when the venvs are already current)."""
-    done = meltano(ROOT, "install", env=clean_environment())
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-
-
-def meltano(
-    directory: Path, *args: str, env: dict[str, str], timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    """Run the `meltano` command in `directory`."""
-    return subprocess.run(
-        [MELTANO, *args],
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    MeltanoProject(ROOT, clean_environment()).succeed("install")
 
 
 @dataclass(frozen=True)
@@ -75,7 +62,10 @@ class MeltanoProject:
     def copy_to(cls, directory: Path, **settings: str) -> MeltanoProject:
         """Make the copy; `settings` become environment variables of every command."""
         directory.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "meltano.yml", directory / "meltano.yml")
+        project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+        for extractor in project["plugins"]["extractors"]:
+            extractor.pop("config", None)  # saved by `meltano config set` for a real org
+        (directory / "meltano.yml").write_text(yaml.safe_dump(project, sort_keys=False))
         (directory / ".meltano").mkdir()
         for kind in _PLUGIN_KINDS:
             (directory / ".meltano" / kind).symlink_to(ROOT / ".meltano" / kind)
@@ -84,7 +74,15 @@ class MeltanoProject:
     def run(self, *args: str) -> Run:
         """`meltano ARGS` in this project."""
         started = time.monotonic()
-        done = meltano(self.directory, *args, env=self.env)
+        done = subprocess.run(
+            [MELTANO, *args],
+            cwd=self.directory,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
     def succeed(self, *args: str) -> Run:
