@@ -7,13 +7,17 @@ hand-driven clock makes them realistic and repeatable.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from tests.conftest import demo_of
+from tests.conftest import API_KEY, demo_of
+from tests.emulator import running_emulator
 from tests.warehouse import ROW_STREAMS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from tests.emulator import Emulator
 
 DAY = 86_400.0
@@ -35,7 +39,19 @@ class ManualClock:
         self.now += seconds
 
 
-def recent_activity(emu: Emulator, clock: ManualClock) -> None:
+@contextmanager
+def demo_before_a_run(clock: ManualClock, *, report_freshness: bool = True) -> Iterator[Emulator]:
+    """An emulator with the demo data written a day ago, and a little activity just now."""
+    with running_emulator(
+        api_key=API_KEY, clock=clock, report_freshness=report_freshness
+    ) as emulator:
+        emulator.load_demo(seed=7)
+        clock.advance(DAY)
+        _recent_activity(emulator, clock)
+        yield emulator
+
+
+def _recent_activity(emu: Emulator, clock: ManualClock) -> None:
     """A few writes in the minute before a run: what its lookback will read again."""
     project = demo_of(emu).projects[0]["id"]
     clock.advance(-30)
@@ -110,15 +126,30 @@ def annotate(emu: Emulator, clock: ManualClock) -> dict[str, set[tuple[str, str]
     return changed
 
 
+def resume_floors(state: dict[str, Any], lookback_seconds: int) -> dict[str, int]:
+    """Per object in `state`, the `_xact_id` after which the next run must read.
+
+    That is the watermark less `lookback_seconds`: an `_xact_id` holds its write's Unix
+    second above its low 16 bits.
+    """
+    return {
+        partition["context"][stream.parent_key]: int(partition["xact_id_watermark"])
+        - (lookback_seconds << 16)
+        for stream in ROW_STREAMS
+        for partition in state["bookmarks"][stream.name]["partitions"]
+    }
+
+
 def window_keys(
     emu: Emulator, state: dict[str, Any], lookback_seconds: int
 ) -> set[tuple[str, str]]:
     """Rows whose latest write falls in the lookback window before their partition's watermark."""
+    floors = resume_floors(state, lookback_seconds)
     window: set[tuple[str, str]] = set()
     for stream in ROW_STREAMS:
         for partition in state["bookmarks"][stream.name]["partitions"]:
             parent = partition["context"][stream.parent_key]
-            floor = int(partition["xact_id_watermark"]) - (lookback_seconds << 16)
+            floor = floors[parent]
             window |= {
                 (parent, row["id"])
                 for row in emu.store.rows(stream.source, parent)

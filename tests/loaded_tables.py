@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import duckdb
 from psycopg import sql
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from tests.postgres import PostgresServer
 
 SCHEMA = "braintrust"
+Key = TypeVar("Key")
+Tables = dict[str, dict[Key, dict[str, Any]]]  # by stream, then by key
 
 
 class LoadedWarehouse(Protocol):
@@ -43,8 +45,8 @@ class LoadedWarehouse(Protocol):
         """Every row of `table` as the tap emitted it (see `as_record`)."""
         ...
 
-    def stored_form(self, tables: dict[str, Table]) -> dict[str, Table]:
-        """What this loader keeps of the rows in `tables` (the tap's records)."""
+    def stored_form(self, tables: Tables[Key]) -> Tables[Key]:
+        """What this loader keeps of the records in `tables`, as the tap emitted them."""
         ...
 
 
@@ -58,6 +60,7 @@ class PostgresWarehouse:
     def query(self, statement: str) -> list[tuple[Any, ...]]:
         """Rows of one SQL statement."""
         with self.server.connect(self.database) as connection:
+            # Bytes: psycopg types `str` queries as literal strings only, and tests build some.
             return connection.execute(statement.encode()).fetchall()
 
     def column_types(self, table: str) -> dict[str, str]:
@@ -78,7 +81,7 @@ class PostgresWarehouse:
         with self.server.connect(self.database, row_factory=dict_row) as connection:
             return [as_record(row) for row in connection.execute(statement).fetchall()]
 
-    def stored_form(self, tables: dict[str, Table]) -> dict[str, Table]:
+    def stored_form(self, tables: Tables[Key]) -> Tables[Key]:
         """Every value as it was: jsonb keeps any JSON value."""
         return without_nulls(tables)
 
@@ -107,7 +110,9 @@ class DuckDBWarehouse:
     def records(self, table: str) -> list[dict[str, Any]]:
         """Every row, as the tap emitted it; DuckDB hands JSON columns over as text.
 
-        Objects and arrays are JSON text; a scalar is its raw text (see `stored_form`).
+        Objects and arrays are JSON text; a scalar is its raw text (see `stored_form`). So a
+        string that looks like JSON comes back decoded: only target-postgres' reading tells
+        a JSON-encoded string from the object it encodes.
         """
         json_columns = {name for name, kind in self.column_types(table).items() if kind == "json"}
         with duckdb.connect(str(self.path), read_only=True) as connection:
@@ -118,7 +123,7 @@ class DuckDBWarehouse:
             as_record(
                 {
                     name: json.loads(value)
-                    if name in json_columns and value is not None and value[:1] in "{["
+                    if name in json_columns and value is not None and value.startswith(("{", "["))
                     else value
                     for name, value in zip(names, row, strict=True)
                 }
@@ -126,7 +131,7 @@ class DuckDBWarehouse:
             for row in rows
         ]
 
-    def stored_form(self, tables: dict[str, Table]) -> dict[str, Table]:
+    def stored_form(self, tables: Tables[Key]) -> Tables[Key]:
         """target-duckdb 0.8.0 JSON-encodes only objects and arrays: a free-form field holding
         a string, number or boolean is written to its JSON column as Python's `str()` of it
         (`La réunion`, `0.5`, `True`), which is not always valid JSON and loses the type."""
@@ -168,7 +173,7 @@ def row_tables(warehouse: LoadedWarehouse) -> dict[str, Table]:
     }
 
 
-def without_nulls(tables: dict[str, Table]) -> dict[str, Table]:
+def without_nulls(tables: Tables[Key]) -> Tables[Key]:
     """`tables` with null fields left out, to compare with what a loader stored."""
     return {
         name: {

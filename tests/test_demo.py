@@ -12,7 +12,7 @@ from scripts import demo
 from tests.conftest import OBJECT_STREAMS
 from tests.emulator import Store, generate_demo
 from tests.meltano_project import ROOT, clean_environment
-from tests.warehouse import ROW_STREAMS
+from tests.warehouse import ROW_STREAMS, scores_by_model
 
 
 @pytest.mark.usefixtures("meltano_plugins")
@@ -46,13 +46,9 @@ def test_demo_loads_every_object_and_row_into_duckdb_and_answers_its_question() 
             assert len(keys) == len(set(keys)) == expected_count, stream.name
             assert f"{stream.name:<18}{len(keys):>6}" in done.stdout
 
-    ratings: dict[str, list[float]] = {}
-    for project in truth.objects("project"):
-        for row in truth.rows("project_logs", project["id"]):
-            rating = (row["scores"] or {}).get("user_rating")
-            if rating is not None:
-                model = (row["metadata"] or {}).get("model") or "(no model)"
-                ratings.setdefault(model, []).append(rating)
+    logs = [row for p in truth.objects("project") for row in truth.rows("project_logs", p["id"])]
+    ratings = scores_by_model(logs, "user_rating")
     assert len(ratings) > 2
     for model, values in ratings.items():
-        assert f"{model:<20}{len(values):>9}{sum(values) / len(values):>9.2f}" in done.stdout
+        line = f"{model or '(no model)':<20}{len(values):>9}{sum(values) / len(values):>9.2f}"
+        assert line in done.stdout

@@ -21,12 +21,12 @@ from tests.activity import (
     START,
     ManualClock,
     annotate,
-    recent_activity,
+    demo_before_a_run,
+    resume_floors,
     window_keys,
     xact_floor,
 )
 from tests.conftest import API_KEY, OBJECT_STREAMS, STREAM_SCHEMAS
-from tests.emulator import running_emulator
 from tests.emulator.btql import parse_query
 from tests.loaded_tables import (
     SCHEMA,
@@ -36,14 +36,13 @@ from tests.loaded_tables import (
     row_tables,
 )
 from tests.meltano_project import MeltanoProject
-from tests.warehouse import ROW_STREAMS, Target, truth
+from tests.warehouse import ROW_STREAMS, Target, object_truth, scores_by_model, truth
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.emulator import Emulator
 
-DAY = 86_400.0
 JSON_FIELDS = ("input", "output", "expected", "metadata", "scores", "metrics")
 
 
@@ -77,10 +76,7 @@ def test_meltano_run_loads_everything_then_a_second_run_applies_changes_in_place
 ) -> None:
     clock = ManualClock(START)
     warehouse = destination.warehouse
-    with running_emulator(api_key=API_KEY, clock=clock) as emu:
-        emu.load_demo(seed=7)
-        clock.advance(DAY)
-        recent_activity(emu, clock)
+    with demo_before_a_run(clock) as emu:
         project = MeltanoProject.copy_to(
             tmp_path / "project",
             TAP_BRAINTRUST_API_URL=emu.url,
@@ -103,6 +99,9 @@ def test_meltano_run_loads_everything_then_a_second_run_applies_changes_in_place
         assert_resumed_from(state, emu)
         if isinstance(warehouse, PostgresWarehouse):
             assert_only_changed_rows_were_rewritten(warehouse, emu, state, changed, between_runs)
+    secrets = [API_KEY, *(v for k, v in destination.env.items() if k.endswith("PASSWORD"))]
+    for run in (first, second):
+        assert not [secret for secret in secrets if secret in run.output]
     print(  # noqa: T201 - figures for the README and the closing note
         f"\n{destination.loader}: rows {counts}; first meltano run {first.seconds:.1f} s,"
         f" second {second.seconds:.1f} s"
@@ -118,10 +117,12 @@ def row_counts(warehouse: LoadedWarehouse) -> dict[str, int]:
 
 
 def assert_warehouse_equals_truth(warehouse: LoadedWarehouse, emu: Emulator) -> None:
-    """Every object id, and every value of every row, once each."""
-    for table, kind in OBJECT_STREAMS.items():
-        loaded = warehouse.query(f"SELECT id FROM {SCHEMA}.{table}")  # noqa: S608
-        assert sorted(id_ for (id_,) in loaded) == sorted(o["id"] for o in emu.store.objects(kind))
+    """Every value of every object and row, once each."""
+    objects = warehouse.stored_form(object_truth(emu))
+    for table in OBJECT_STREAMS:
+        loaded = warehouse.records(table)
+        assert len(loaded) == len(objects[table]), table
+        assert {record["id"]: record for record in loaded} == objects[table], table
     for stream in ROW_STREAMS:
         duplicates = warehouse.query(
             f"SELECT {stream.parent_key}, id FROM {SCHEMA}.{stream.name}"  # noqa: S608
@@ -159,12 +160,7 @@ def assert_json_is_queryable(warehouse: LoadedWarehouse, emu: Emulator) -> None:
         GROUP BY 1
         """  # noqa: S608 - a constant
     )
-    by_model: dict[str | None, list[float]] = {}
-    for row in truth(emu)["project_logs"].values():
-        accuracy = (row.get("scores") or {}).get("accuracy")
-        if accuracy is not None:
-            model = (row.get("metadata") or {}).get("model")
-            by_model.setdefault(model, []).append(accuracy)
+    by_model = scores_by_model(truth(emu)["project_logs"].values(), "accuracy")
     assert len(by_model) > 2
     assert {model: count for model, count, _ in answer} == {
         model: len(values) for model, values in by_model.items()
@@ -186,11 +182,7 @@ def assert_resumed_from(state: dict[str, Any], emu: Emulator) -> None:
 
     Objects made since start from nothing.
     """
-    resumed_at = {
-        partition["context"][stream.parent_key]: int(partition["xact_id_watermark"]) - (60 << 16)
-        for stream in ROW_STREAMS
-        for partition in state["bookmarks"][stream.name]["partitions"]
-    }
+    resumed_at = resume_floors(state, 60)
     read_after = {}
     for request in emu.request_log:
         if request.path == "/btql":

@@ -18,8 +18,8 @@ from tests.activity import (
     START,
     ManualClock,
     annotate,
+    demo_before_a_run,
     iso,
-    recent_activity,
     window_keys,
     xact_floor,
 )
@@ -47,13 +47,7 @@ def emu(clock: ManualClock, request: pytest.FixtureRequest) -> Iterator[Emulator
 
     Parametrize it indirectly with False for a server that reports no `freshness_state`.
     """
-    report_freshness = getattr(request, "param", True)
-    with running_emulator(
-        api_key=API_KEY, clock=clock, report_freshness=report_freshness
-    ) as emulator:
-        emulator.load_demo(seed=7)
-        clock.advance(DAY)
-        recent_activity(emulator, clock)
+    with demo_before_a_run(clock, report_freshness=getattr(request, "param", True)) as emulator:
         yield emulator
 
 

@@ -44,6 +44,7 @@ def test_settings_reach_the_tap_and_the_key_is_never_shown(
     assert "api_key [env: TAP_BRAINTRUST_API_KEY] current value: (redacted)" in listing.stdout
     assert f"current value: '{emulator.url}' (from the TAP_BRAINTRUST_API_URL" in listing.stdout
     assert json.loads(printed.stdout)["page_size"] == 7
+    assert json.loads(printed.stdout)["api_key"] == "*****"
     run = project.succeed("run", "tap-braintrust", "target-duckdb")
     for shown in (listing, printed, run):
         assert API_KEY not in shown.output

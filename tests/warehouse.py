@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tests.conftest import OBJECT_STREAMS
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -46,6 +48,19 @@ def fixed_width(created: str) -> str:
     return f"{created[:-1]}000Z"
 
 
+def object_truth(emu: Emulator) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every listed project, experiment and dataset, by id, as the tap should emit it."""
+    tables: dict[str, dict[str, dict[str, Any]]] = {}
+    for stream, kind in OBJECT_STREAMS.items():
+        tables[stream] = {}
+        for listed in emu.store.objects(kind):  # copies
+            for key in ("created", "deleted_at"):
+                if listed[key] is not None:
+                    listed[key] = fixed_width(listed[key])
+            tables[stream][listed["id"]] = listed
+    return tables
+
+
 def truth(emu: Emulator, *, created_since: str | None = None) -> dict[str, Table]:
     """Every visible row of every object, keyed like the target, as the tap should emit it."""
     tables: dict[str, Table] = {}
@@ -58,6 +73,16 @@ def truth(emu: Emulator, *, created_since: str | None = None) -> dict[str, Table
                     table[(owner["id"], row["id"])] = row
         tables[stream.name] = table
     return tables
+
+
+def scores_by_model(rows: Iterable[dict[str, Any]], score: str) -> dict[str | None, list[float]]:
+    """The values of one score, grouped by `metadata.model` (None where there is none)."""
+    grouped: dict[str | None, list[float]] = {}
+    for row in rows:
+        value = (row.get("scores") or {}).get(score)
+        if value is not None:
+            grouped.setdefault((row.get("metadata") or {}).get("model"), []).append(value)
+    return grouped
 
 
 @dataclass
