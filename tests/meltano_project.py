@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,6 +35,27 @@ def clean_environment(**settings: str) -> dict[str, str]:
 def install_plugins() -> None:
     """`meltano install` in the repository (quick when the venvs are already current)."""
     MeltanoProject(ROOT, clean_environment()).succeed("install")
+
+
+def throwaway_definition(project: dict[str, Any]) -> dict[str, Any]:
+    """The project as shipped: its plugins, without what a user added for a real org.
+
+    That is tap settings saved by `meltano config set` (in the `dev` environment, or on the
+    plugin) and a state backend or system database of their own, which a throwaway run
+    must not write the emulator's watermarks into.
+    """
+    plugins = dict(project["plugins"])
+    plugins["extractors"] = [
+        {key: value for key, value in extractor.items() if key != "config"}
+        for extractor in plugins["extractors"]
+    ]
+    return {
+        "requires_meltano": project["requires_meltano"],
+        "project_id": project["project_id"],
+        "default_environment": project["default_environment"],
+        "environments": [{"name": env["name"]} for env in project["environments"]],
+        "plugins": plugins,
+    }
 
 
 @dataclass(frozen=True)
@@ -62,10 +84,8 @@ class MeltanoProject:
     def copy_to(cls, directory: Path, **settings: str) -> MeltanoProject:
         """Make the copy; `settings` become environment variables of every command."""
         directory.mkdir(parents=True, exist_ok=True)
-        project = yaml.safe_load((ROOT / "meltano.yml").read_text())
-        for extractor in project["plugins"]["extractors"]:
-            extractor.pop("config", None)  # saved by `meltano config set` for a real org
-        (directory / "meltano.yml").write_text(yaml.safe_dump(project, sort_keys=False))
+        shipped = throwaway_definition(yaml.safe_load((ROOT / "meltano.yml").read_text()))
+        (directory / "meltano.yml").write_text(yaml.safe_dump(shipped, sort_keys=False))
         (directory / ".meltano").mkdir()
         for kind in _PLUGIN_KINDS:
             (directory / ".meltano" / kind).symlink_to(ROOT / ".meltano" / kind)

@@ -7,10 +7,11 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
+import yaml
 
 from tests.conftest import API_KEY, demo_of
 from tests.loaded_tables import DuckDBWarehouse
-from tests.meltano_project import MeltanoProject
+from tests.meltano_project import ROOT, MeltanoProject, throwaway_definition
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,3 +60,28 @@ def test_settings_reach_the_tap_and_the_key_is_never_shown(
     assert btql
     assert {request.json_body["query"]["limit"] for request in btql} == {7}
     assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in emulator.request_log)
+
+
+def test_a_throwaway_copy_leaves_out_what_a_user_set_up_for_a_real_org() -> None:
+    """The demo and these tests must neither read a user's settings nor write their state."""
+    shipped = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    customised = {
+        **shipped,
+        "state_backend": {"uri": "s3://their-bucket/meltano-state"},
+        "database_uri": "postgresql://their-meltano-db",
+        "environments": [
+            {
+                "name": "dev",
+                "config": {"plugins": {"extractors": [
+                    {"name": "tap-braintrust", "config": {"project_names": ["Support bot"]}}
+                ]}},
+            }
+        ],
+    }  # fmt: skip
+    customised["plugins"]["extractors"][0]["config"] = {"start_date": "2026-01-01"}
+    copy = throwaway_definition(customised)
+    text = yaml.safe_dump(copy)
+    for added in ("their-bucket", "their-meltano-db", "Support bot", "2026-01-01"):
+        assert added not in text
+    assert copy["plugins"]["loaders"] == shipped["plugins"]["loaders"]  # their env and config
+    assert copy["environments"] == [{"name": "dev"}]
