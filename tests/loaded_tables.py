@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from tests.postgres import PostgresServer
 
 SCHEMA = "braintrust"
-Key = TypeVar("Key")
-Tables = dict[str, dict[Key, dict[str, Any]]]  # by stream, then by key
+KeyT = TypeVar("KeyT")
+Tables = dict[str, dict[KeyT, dict[str, Any]]]  # by stream, then by key
 
 
 class LoadedWarehouse(Protocol):
@@ -45,7 +45,7 @@ class LoadedWarehouse(Protocol):
         """Every row of `table` as the tap emitted it (see `as_record`)."""
         ...
 
-    def stored_form(self, tables: Tables[Key]) -> Tables[Key]:
+    def stored_form(self, tables: Tables[KeyT]) -> Tables[KeyT]:
         """What this loader keeps of the records in `tables`, as the tap emitted them."""
         ...
 
@@ -81,7 +81,7 @@ class PostgresWarehouse:
         with self.server.connect(self.database, row_factory=dict_row) as connection:
             return [as_record(row) for row in connection.execute(statement).fetchall()]
 
-    def stored_form(self, tables: Tables[Key]) -> Tables[Key]:
+    def stored_form(self, tables: Tables[KeyT]) -> Tables[KeyT]:
         """Every value as it was: jsonb keeps any JSON value."""
         return without_nulls(tables)
 
@@ -131,7 +131,7 @@ class DuckDBWarehouse:
             for row in rows
         ]
 
-    def stored_form(self, tables: Tables[Key]) -> Tables[Key]:
+    def stored_form(self, tables: Tables[KeyT]) -> Tables[KeyT]:
         """target-duckdb 0.8.0 JSON-encodes only objects and arrays: a free-form field holding
         a string, number or boolean is written to its JSON column as Python's `str()` of it
         (`La réunion`, `0.5`, `True`), which is not always valid JSON and loses the type."""
@@ -173,7 +173,7 @@ def row_tables(warehouse: LoadedWarehouse) -> dict[str, Table]:
     }
 
 
-def without_nulls(tables: Tables[Key]) -> Tables[Key]:
+def without_nulls(tables: Tables[KeyT]) -> Tables[KeyT]:
     """`tables` with null fields left out, to compare with what a loader stored."""
     return {
         name: {

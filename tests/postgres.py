@@ -16,7 +16,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,13 +46,18 @@ class PostgresServer:
     password: str
 
     def connect(self, database: str, **options: Any) -> psycopg.Connection[Any]:
-        """A connection to `database` (the caller closes it)."""
+        """A connection to `database` (the caller closes it).
+
+        Explicit TLS and options, so a developer's PGSSLMODE or PGOPTIONS cannot interfere.
+        """
         return psycopg.connect(
             host=self.host,
             port=self.port,
             user=self.user,
             password=self.password,
             dbname=database,
+            sslmode="disable",
+            options="",
             **options,
         )
 
@@ -96,7 +100,7 @@ def server_binaries() -> Path:
     return versions[-1]
 
 
-@contextmanager
+@contextlib.contextmanager
 def running_postgres() -> Iterator[PostgresServer]:
     """Start a server, yield it, then stop it and delete its files."""
     binaries = server_binaries()
