@@ -22,6 +22,8 @@ class FaultRule:
         path: only requests to this path (or below it); None matches every path.
         status: the HTTP status of a `status` fault.
         retry_after: the Retry-After header of a `status` fault (seconds or an HTTP date).
+        retry_after_as_date: send an integer `retry_after` as the HTTP date that many
+            seconds after the fault (whole seconds, as HTTP dates have).
         delay: seconds a `slow` fault waits before answering.
         times: fault only the first n matching requests; None faults all of them.
         probability: chance that a matching request is faulted (drawn from the seeded RNG).
@@ -32,6 +34,7 @@ class FaultRule:
     path: str | None = None
     status: int | None = None
     retry_after: int | str | None = None
+    retry_after_as_date: bool = False
     delay: float = 0.0
     times: int | None = None
     probability: float = 1.0
@@ -47,6 +50,9 @@ class FaultRule:
             raise ValueError(msg)
         if self.kind == "slow" and self.delay <= 0:
             msg = "a slow fault needs a positive delay"
+            raise ValueError(msg)
+        if self.retry_after_as_date and not isinstance(self.retry_after, int):
+            msg = "retry_after_as_date needs retry_after in whole seconds"
             raise ValueError(msg)
         if not 0.0 <= self.probability <= 1.0:
             msg = "probability must be between 0 and 1"

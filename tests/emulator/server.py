@@ -21,6 +21,7 @@ import traceback
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -95,8 +96,9 @@ class ApiError(Exception):
 class LoggedRequest:
     """One request the emulator received (faulted ones too), for tests to inspect.
 
-    `headers` keys are lower-case; `status` is None when a `drop` fault sent nothing;
-    `fault` names the injected fault kind, if any.
+    `time` is when the request arrived (wall clock); `headers` keys are lower-case;
+    `status` is None when a `drop` fault sent nothing; `fault` names the injected fault
+    kind, if any.
     """
 
     time: float
@@ -796,6 +798,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = do_GET  # noqa: N815 - the stdlib's naming
 
     def _serve(self) -> None:
+        arrived = time.time()
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         request = Request(
@@ -811,7 +814,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Logged before sending, so a client that sees the answer also sees the log entry.
         emulator.log_request(
             LoggedRequest(
-                time=time.time(),
+                time=arrived,
                 method=request.method,
                 path=request.path,
                 query=request.query,
@@ -835,6 +838,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind == "status":
             status = fault.status or 500
             retry_after = fault.retry_after
+            if fault.retry_after_as_date and isinstance(retry_after, int):
+                retry_after = formatdate(time.time() + retry_after, usegmt=True)
             headers = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
             return error_response(status, f"Injected fault: HTTP {status}", headers)
         if fault.kind == "garbage":

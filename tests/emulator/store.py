@@ -8,6 +8,7 @@ the row a reader sees is folded from those versions (replace, merge, comment, de
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
@@ -347,8 +348,14 @@ class Store:
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        """Create an empty store; `clock` gives unix seconds for `created` and `_xact_id`."""
+        """Create an empty store; `clock` gives unix seconds for `created` and `_xact_id`.
+
+        Ids the store makes up come from a fixed-seed generator, so two stores given the
+        same writes at the same clock hold the same data (a faulted run and a calm one can
+        be compared value for value).
+        """
         self.clock = clock
+        self._id_source = random.Random(0)
         self._lock = threading.RLock()
         self._orgs: dict[str, dict[str, Any]] = {}
         self._objects: dict[ObjectKind, dict[str, dict[str, Any]]] = {
@@ -366,6 +373,11 @@ class Store:
         ] = {}
 
     # Orgs and objects -------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        """A random-looking UUID, the same sequence in every store."""
+        with self._lock:
+            return str(uuid.UUID(int=self._id_source.getrandbits(128), version=4))
 
     def add_org(self, name: str, *, org_id: str | None = None) -> dict[str, Any]:
         """Add an organization; names are unique, and the default id follows from the name."""
@@ -455,7 +467,7 @@ class Store:
             raise ValueError(msg)
         obj = {
             **defaults,
-            "id": str(uuid.uuid4()),
+            "id": self._new_id(),
             **fields,
             **parent,
             "name": name,
@@ -507,7 +519,7 @@ class Store:
             created = iso_ms(self.clock())
             for row in rows:
                 self._check_writable(object_type, row)
-                row_id = str(row.get("id") or uuid.uuid4())
+                row_id = str(row.get("id") or self._new_id())
                 complete = self._complete(log, row_id, row, created)
                 self._append(log, row_id, _Version(transaction, "replace", complete))
             return str(transaction.xact_id)
@@ -618,7 +630,7 @@ class Store:
             self._last_pagination_key += 1
             pagination_key = log.pagination_keys[row_id] = self._last_pagination_key
         owner = log.owner
-        span_id = row.get("span_id") or str(uuid.uuid4())
+        span_id = row.get("span_id") or self._new_id()
         known = {
             "id": row_id,
             "_xact_id": None,

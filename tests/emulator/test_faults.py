@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -33,6 +34,25 @@ def test_status_fault_with_retry_after_for_n_requests(
     assert statuses == [429, 429, 200]
     assert emu.faults.fired(rule) == 2
     assert [entry.fault for entry in emu.request_log] == ["status", "status", None]
+
+
+def test_retry_after_as_an_http_date(api: Api, emu: Emulator, project_id: str) -> None:
+    emu.faults.add(
+        FaultRule("status", path="/btql", status=429, retry_after=30, retry_after_as_date=True)
+    )
+    before = time.time()
+    response = api.btql(sql("project_logs", project_id))
+    assert response.status_code == 429
+    when = parsedate_to_datetime(response.headers["Retry-After"]).timestamp()
+    assert before + 29 <= when <= time.time() + 30
+
+
+def test_request_log_time_is_arrival_not_answer(api: Api, emu: Emulator) -> None:
+    emu.faults.add(FaultRule("slow", path="/v1/project", delay=0.5, times=1))
+    before = time.time()
+    api.get("/v1/project")
+    (entry,) = emu.request_log
+    assert before <= entry.time < before + 0.4
 
 
 def test_path_restricts_a_fault_and_none_matches_everything(
