@@ -6,14 +6,21 @@ secret redaction are decided once, here.
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
 import sys
-from dataclasses import dataclass
-from functools import cached_property
+import time
+from dataclasses import dataclass, replace
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+from functools import cached_property, partial
 from http import HTTPStatus
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+import backoff
 import requests
 from singer_sdk import RESTStream
 from singer_sdk.authenticators import BearerTokenAuthenticator
@@ -30,7 +37,7 @@ else:
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
-    from backoff.types import Details
+    from singer_sdk import Tap
     from singer_sdk.helpers.types import Context
 
     from tap_braintrust.queries import RowsQuery
@@ -56,33 +63,146 @@ _STATUS_ADVICE: dict[int, str] = {
     ),
 }
 
+# Answers worth another try: throttling, server trouble, and (from /btql) a page too big.
+_RETRIABLE_STATUSES = frozenset(
+    {
+        HTTPStatus.REQUEST_TIMEOUT,
+        HTTPStatus.TOO_MANY_REQUESTS,
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    }
+) | frozenset(range(500, 600))
+# Answers Braintrust gives to a /btql page too big to build in time or to send.
+PAGE_TOO_BIG_STATUSES = frozenset(
+    {
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        HTTPStatus.BAD_GATEWAY,
+        HTTPStatus.GATEWAY_TIMEOUT,
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    }
+)
+
 
 class BraintrustError(FatalAPIError):
     """A failure the user must act on: the message says what to do and holds no secret."""
 
 
-# Failures of the connection itself, retried by the SDK's decorator like a 5xx.
+# Failures of the connection itself, retried like a 5xx.
 _TRANSPORT_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
+_TLS_REASON = re.compile(r"certificate verify failed: ([^'\"()]+)")
 
 
-def _describe(request: requests.PreparedRequest) -> str:
-    """Name a request by method and URL without its query: query strings are not worth the risk."""
+def _describe(request: requests.PreparedRequest, subject: str | None = None) -> str:
+    """Name a request by method, URL without its query string, and what it asked for.
+
+    Query strings are left out: they are not worth the risk.
+    """
     url = urlsplit(request.url or "")
-    return f"{request.method} {url.scheme}://{url.netloc}{url.path}"
+    described = f"{request.method} {url.scheme}://{url.netloc}{url.path}"
+    return f"{described} for {subject}" if subject else described
+
+
+def retry_after_seconds(header: str | None, now: float) -> float | None:
+    """The wait a `Retry-After` header asks for (seconds or an HTTP date); None if unreadable."""
+    if header is None:
+        return None
+    text = header.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if 0 <= seconds < math.inf else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a request that failed for a transient reason."""
+
+    max_tries: int
+    max_backoff_seconds: float
+    max_retry_after_seconds: float
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RetryPolicy:
+        """The policy the settings ask for."""
+        return cls(
+            max_tries=int(config["max_tries"]),
+            max_backoff_seconds=float(config["max_backoff_seconds"]),
+            max_retry_after_seconds=float(config["max_retry_after_seconds"]),
+        )
+
+    def wait(self, tries: int, response: requests.Response | None) -> float:
+        """Seconds to wait after the `tries`-th failure.
+
+        What the server's `Retry-After` says (capped), else full-jitter exponential backoff:
+        a random wait up to 1, 2, 4, ... seconds, capped, so retries of many clients spread out.
+        """
+        header = response.headers.get("Retry-After") if response is not None else None
+        asked = retry_after_seconds(header, time.time())
+        if asked is not None:
+            return min(asked, self.max_retry_after_seconds)
+        return backoff.full_jitter(min(self.max_backoff_seconds, 2.0 ** (tries - 1)))
+
+
+class Connection:
+    """What every stream of a run shares: pooled HTTP connections, TLS trust and pacing.
+
+    Pacing spaces requests (retries included) at least 60/`max_requests_per_minute` seconds
+    apart, so no minute holds more than the budget and the plan's limit is not leaned on.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        """Set up from the settings; nothing is sent yet."""
+        self.session = requests.Session()
+        if ca_bundle := config.get("ca_bundle"):
+            self.session.verify = str(ca_bundle)
+        per_minute = config.get("max_requests_per_minute")
+        self._interval = 60.0 / per_minute if per_minute else 0.0
+        self._next_slot = 0.0
+
+    def send(self, request: requests.PreparedRequest, timeout: float) -> requests.Response:
+        """Send one request when its turn comes; redirects are not followed.
+
+        A data plane that moved is a config error, and following a redirect could hand the
+        Authorization header to another host.
+        """
+        if self._interval:
+            now = time.monotonic()
+            if now < self._next_slot:
+                time.sleep(self._next_slot - now)
+            self._next_slot = max(now, self._next_slot) + self._interval
+        return self.session.send(request, timeout=timeout, allow_redirects=False)
 
 
 class BraintrustStream(RESTStream[None]):
-    """Base of every stream: Bearer auth, org header, timeouts and actionable errors."""
+    """Base of every stream: Bearer auth, org header, timeouts, retries and actionable errors."""
+
+    def __init__(self, tap: Tap, connection: Connection) -> None:
+        """A stream of `tap` that sends through the run's shared `connection`."""
+        self.connection = connection
+        super().__init__(tap)
 
     @property
     @override
     def url_base(self) -> str:
         return str(self.config["api_url"]).rstrip("/")
+
+    @property
+    @override
+    def requests_session(self) -> requests.Session:
+        return self.connection.session
 
     @cached_property
     @override
@@ -107,84 +227,105 @@ class BraintrustStream(RESTStream[None]):
     def timeout(self) -> int:
         return int(self.config["request_timeout"])
 
-    def fetch_json(
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        """The configured retry policy."""
+        return RetryPolicy.from_config(self.config)
+
+    def prepare(
         self,
         method: str,
         path: str,
         *,
         params: Mapping[str, Any] | None = None,
         body: Any = None,
-    ) -> Any:
-        """Send one request, retrying transient failures, and return its decoded JSON body."""
-        prepared = self.build_prepared_request(
+    ) -> requests.PreparedRequest:
+        """An authenticated request to `path` under `api_url`."""
+        return self.build_prepared_request(
             method=method,
             url=f"{self.url_base}{path}",
             params=params,
             json=body,
             headers=self.http_headers,
         )
-        try:
-            return self._send_with_retries(prepared)
-        except _TRANSPORT_ERRORS as exc:
-            # requests' own text repeats the full URL and urllib3 internals; this says what to do.
-            msg = (
-                f"{_describe(prepared)} got no usable answer in {self.backoff_max_tries()} tries"
-                f" ({type(exc).__name__}); check `api_url` and "
-                f"the network, or raise `request_timeout` ({self.timeout} s) if answers are slow"
+
+    def fetch_json(
+        self,
+        prepare: Callable[[], requests.PreparedRequest],
+        *,
+        subject: str | None = None,
+        shrink_page: Callable[[], int | None] | None = None,
+    ) -> Any:
+        """Send a request, retrying transient failures, and return its decoded JSON body.
+
+        Args:
+            prepare: builds the request, again for each try (the page size may change).
+            subject: what is asked for (the query), named in logs and errors.
+            shrink_page: halves the page size after a page-too-big failure and returns the
+                new size; None when it cannot shrink further.
+        """
+        for tries in itertools.count(1):
+            request = prepare()
+            try:
+                return self._send(request, subject)
+            except RetriableAPIError as exc:
+                reason, response = str(exc), exc.response
+            except requests.exceptions.SSLError as exc:
+                raise BraintrustError(self._tls_message(request, exc)) from exc
+            except _TRANSPORT_ERRORS as exc:
+                reason, response = f"{_describe(request, subject)}: {type(exc).__name__}", None
+                if tries >= self.retry_policy.max_tries:
+                    raise BraintrustError(self._unreachable_message(request, tries, exc)) from exc
+            status = response.status_code if response is not None else None
+            smaller = shrink_page() if shrink_page and status in PAGE_TOO_BIG_STATUSES else None
+            if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE and smaller is None:
+                raise BraintrustError(reason)
+            if tries >= self.retry_policy.max_tries:
+                msg = (
+                    f"{reason.rstrip('.')}. Gave up after {tries} tries; try again later, "
+                    "or raise `max_tries` / `max_backoff_seconds` to ride out longer trouble"
+                )
+                raise BraintrustError(msg)
+            wait = self.retry_policy.wait(tries, response)
+            self.logger.warning(
+                "%s;%s retrying in %.1f s (try %d of %d)",
+                reason,
+                f" asking for {smaller} rows per page;" if smaller else "",
+                wait,
+                tries + 1,
+                self.retry_policy.max_tries,
             )
-            raise BraintrustError(msg) from exc
+            time.sleep(wait)
+        raise AssertionError  # unreachable: the loop returns or raises
 
-    @cached_property
-    def _send_with_retries(self) -> Callable[[requests.PreparedRequest], Any]:
-        # The SDK's retry decorator (and its overridable backoff hooks) wraps any callable;
-        # ours returns decoded JSON so that a truncated body is retried like a 5xx.
-        decorator = cast(
-            "Callable[[Callable[..., Any]], Callable[..., Any]]", self.request_decorator
-        )
-        return decorator(self._send)
-
-    def _send(self, prepared: requests.PreparedRequest) -> Any:
-        # Redirects are not followed: a data plane that moved is a config error, and
-        # following one could hand the Authorization header to another host.
-        response = self.requests_session.send(prepared, timeout=self.timeout, allow_redirects=False)
-        self.validate_response(response)
+    def _send(self, request: requests.PreparedRequest, subject: str | None) -> Any:
+        response = self.connection.send(request, self.timeout)
+        self.validate_response(response, subject)
         try:
             return response.json()
         except ValueError as exc:
             msg = (
-                f"{_describe(prepared)} answered {response.status_code} with a body that is not "
-                "JSON; is `api_url` a Braintrust data plane (not the web app's URL)?"
+                f"{_describe(request)} answered {response.status_code} with a body that is not "
+                "JSON: check that `api_url` is a Braintrust data plane, not the web app's URL"
             )
             raise RetriableAPIError(msg, response) from exc
 
     @override
-    def backoff_handler(self, details: Details) -> None:
-        # One readable line per retry; the SDK's default prints bound methods and arguments.
-        (prepared,) = details["args"]
-        exc = details.get("exception")
-        reason = str(exc) if isinstance(exc, RetriableAPIError) else type(exc).__name__
-        self.logger.warning(
-            "%s: %s; retrying in %.1f s (try %d of %d)",
-            _describe(prepared),
-            reason,
-            details.get("wait", 0.0),
-            details["tries"],
-            self.backoff_max_tries(),
-        )
-
-    @override
-    def validate_response(self, response: requests.Response) -> None:
+    def validate_response(self, response: requests.Response, subject: str | None = None) -> None:
         status = response.status_code
         if status < HTTPStatus.MULTIPLE_CHOICES:
             return
-        if status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-            raise RetriableAPIError(self.response_error_message(response), response)
-        raise BraintrustError(self.response_error_message(response))
+        message = self.response_error_message(response, subject)
+        if status in _RETRIABLE_STATUSES:
+            raise RetriableAPIError(message, response)
+        raise BraintrustError(message)
 
     @override
-    def response_error_message(self, response: requests.Response) -> str:
+    def response_error_message(
+        self, response: requests.Response, subject: str | None = None
+    ) -> str:
         status = response.status_code
-        message = f"{_describe(response.request)} failed with {status} {response.reason}"
+        message = f"{_describe(response.request, subject)} failed with {status} {response.reason}"
         if HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
             location = response.headers.get("Location", "?")
             return (
@@ -196,6 +337,25 @@ class BraintrustStream(RESTStream[None]):
         if server_text := self._server_text(response):
             message = f"{message}. Braintrust said: {server_text}"
         return message
+
+    def _unreachable_message(
+        self, request: requests.PreparedRequest, tries: int, exc: Exception
+    ) -> str:
+        # requests' own text repeats the full URL and urllib3 internals; this says what to do.
+        return (
+            f"{_describe(request)} got no usable answer in {tries} tries ({type(exc).__name__}); "
+            "check `api_url` and the network, or raise `request_timeout` "
+            f"({self.timeout} s) if answers are slow"
+        )
+
+    def _tls_message(self, request: requests.PreparedRequest, exc: Exception) -> str:
+        found = _TLS_REASON.search(str(exc))
+        reason = found.group(1).strip() if found else type(exc).__name__
+        return (
+            f"{_describe(request)}: the server's TLS certificate was not trusted ({reason}). "
+            "For a data plane with a private CA, set `ca_bundle` to its PEM file; "
+            "verification is never turned off"
+        )
 
     def _server_text(self, response: requests.Response) -> str:
         """The server's reason (its JSON `Message` when present), shortened and redacted."""
@@ -237,7 +397,8 @@ class ObjectListingStream(BraintrustStream):
         with self.get_http_request_counter() as request_counter:
             request_counter.with_context(context)
             while True:
-                objects = self._objects(self.fetch_json("GET", self.path, params=params))
+                answer = self.fetch_json(lambda: self.prepare("GET", self.path, params=params))
+                objects = self._objects(answer)
                 request_counter.increment()
                 if not objects:
                     return
@@ -299,10 +460,48 @@ class BtqlPage:
     last_processed_xact_id: int | None
 
 
+class PageSize:
+    """Rows asked for per `/btql` page, adapting to what the server can answer.
+
+    Braintrust fails pages of big rows with 500/502/504/413, so a failed page is asked for
+    again at half the size (down to one row), and the size doubles back after a few pages
+    in a row succeed, never above the configured `page_size`. The rows are the same either
+    way: the cursor marks a position, not a page number.
+    """
+
+    GROW_AFTER = 3
+    """Successful pages in a row before the size doubles again."""
+
+    def __init__(self, configured: int) -> None:
+        """Start at the configured size."""
+        self.configured = self.current = configured
+        self._successes = 0
+
+    def shrink(self) -> int | None:
+        """Halve the size; the new size, or None when already at one row."""
+        if self.current == 1:
+            return None
+        self.current //= 2
+        self._successes = 0
+        return self.current
+
+    def succeeded(self) -> None:
+        """Count a page answered in full; grow back towards the configured size."""
+        self._successes += 1
+        if self.current < self.configured and self._successes >= self.GROW_AFTER:
+            self.current = min(self.configured, self.current * 2)
+            self._successes = 0
+
+
 class BtqlStream(BraintrustStream):
     """A stream read with `POST /btql` queries, following the server cursor to the end."""
 
     path = "/btql"
+
+    @cached_property
+    def page_size(self) -> PageSize:
+        """The stream's adaptive page size, kept from one object's rows to the next."""
+        return PageSize(int(self.config["page_size"]))
 
     def query_pages(self, query: RowsQuery, context: Context | None) -> Iterator[BtqlPage]:
         """Every page of `query`, until a page comes without a cursor.
@@ -314,8 +513,13 @@ class BtqlStream(BraintrustStream):
         with self.get_http_request_counter() as request_counter:
             request_counter.with_context(context)
             while True:
-                answer = self.fetch_json("POST", "/btql", body=query.body(cursor))
+                answer = self.fetch_json(
+                    partial(self._page_request, query, cursor),
+                    subject=query.describe(),
+                    shrink_page=self.page_size.shrink,
+                )
                 request_counter.increment()
+                self.page_size.succeeded()
                 page = self._page(answer, query)
                 yield page
                 if page.cursor is None:
@@ -328,6 +532,10 @@ class BtqlStream(BraintrustStream):
                     raise BraintrustError(msg)
                 seen_cursors.add(page.cursor)
                 cursor = page.cursor
+
+    def _page_request(self, query: RowsQuery, cursor: str | None) -> requests.PreparedRequest:
+        body = replace(query, limit=self.page_size.current).body(cursor)
+        return self.prepare("POST", "/btql", body=body)
 
     def _page(self, answer: Any, query: RowsQuery) -> BtqlPage:
         data = answer.get("data") if isinstance(answer, dict) else None

@@ -96,11 +96,15 @@ class RowsQuery:
         return {"query": query, "fmt": "json", "brainstore_realtime": True}
 
     def describe(self) -> str:
-        """The query in SQL-like words, for logs and error messages."""
+        """The query in SQL-like words, for logs and error messages.
+
+        The page size is left out: it is how the rows are fetched, not which rows, and it
+        changes during a read when the server fails big pages.
+        """
         where = f"_xact_id > {self.after_xact_id}"
         if self.created_since is not None:
             where += f" AND created >= {json.dumps(self.created_since)}"
         return (
             f"{self.source}({json.dumps(self.object_id, ensure_ascii=False)}) WHERE {where}"
-            f" ORDER BY _xact_id ASC LIMIT {self.limit}"
+            " ORDER BY _xact_id ASC"
         )

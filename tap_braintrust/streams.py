@@ -217,7 +217,9 @@ class EventStream(BtqlStream):
             created_since=created_since,
             limit=self.config["page_size"],
         )
-        self.logger.info("%s: reading %s", self.name, query.describe())
+        self.logger.info(
+            "%s: reading %s, %d rows per page", self.name, query.describe(), query.limit
+        )
         return query, Watermark(start)
 
     def _bookmark_without_watermark(

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from difflib import get_close_matches
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import click
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, RetriableAPIError
 
 from tap_braintrust import streams
+from tap_braintrust.client import BraintrustStream, Connection
+from tap_braintrust.inputs import InputFileError, check_catalog, check_state, read_json_object
 from tap_braintrust.timestamps import parse_timestamp
 
 if sys.version_info >= (3, 12):
@@ -21,12 +26,21 @@ else:
     from typing_extensions import override
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Callable, Collection, Mapping
 
+    from singer_sdk.plugin_base import _ConfigInput
     from singer_sdk.streams import Stream
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
-_SETTINGS_WITH_DEFAULTS = ("api_url", "page_size", "lookback_seconds", "request_timeout")
+_SETTINGS_WITH_DEFAULTS = (
+    "api_url",
+    "page_size",
+    "lookback_seconds",
+    "request_timeout",
+    "max_tries",
+    "max_backoff_seconds",
+    "max_retry_after_seconds",
+)
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -107,18 +121,62 @@ class TapBraintrust(Tap):
             title="Request timeout",
             description="Seconds to wait for one HTTP response before retrying.",
         ),
+        th.Property(
+            "max_tries",
+            th.IntegerType(minimum=1, maximum=100),
+            default=10,
+            title="Max tries",
+            description=(
+                "Tries per request, the first included, before a transient failure (429, "
+                "5xx, timeout, dropped connection, broken body) fails the run."
+            ),
+        ),
+        th.Property(
+            "max_backoff_seconds",
+            th.NumberType(minimum=0, maximum=3600),
+            default=60,
+            title="Max backoff seconds",
+            description=(
+                "Longest wait between tries; waits are random (full jitter) up to 1, 2, 4, "
+                "... seconds, capped here."
+            ),
+        ),
+        th.Property(
+            "max_retry_after_seconds",
+            th.NumberType(minimum=0, maximum=3600),
+            default=300,
+            title="Max Retry-After seconds",
+            description=(
+                "Longest wait honoured from a 429's `Retry-After` (seconds or HTTP date); "
+                "a longer one is cut to this before the retry."
+            ),
+        ),
+        th.Property(
+            "max_requests_per_minute",
+            th.IntegerType(minimum=1),
+            title="Max requests per minute",
+            description=(
+                "Client-side budget: requests (retries included) are spaced so no minute "
+                "holds more. Unset: no pacing. Hosted Free/Pro plans allow about 20 `/btql` "
+                "requests a minute."
+            ),
+        ),
+        th.Property(
+            "ca_bundle",
+            th.StringType(min_length=1),
+            title="CA bundle",
+            description=(
+                "PEM file (or OpenSSL hashed directory) of CA certificates to trust for a "
+                "self-hosted data plane with a private CA. TLS is always verified."
+            ),
+        ),
     ).to_dict()
 
     @override
     def discover_streams(self) -> list[Stream]:
-        return [
-            streams.ProjectsStream(self),
-            streams.ExperimentsStream(self),
-            streams.DatasetsStream(self),
-            streams.ProjectLogsStream(self),
-            streams.ExperimentEventsStream(self),
-            streams.DatasetEventsStream(self),
-        ]
+        # One connection for all streams: pooled connections, and one request budget.
+        connection = Connection(self.config)
+        return [stream(self, connection) for stream in STREAM_TYPES]
 
     @override
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
@@ -133,13 +191,71 @@ class TapBraintrust(Tap):
 
     @override
     @classmethod
-    def invoke(cls, *args: Any, **kwargs: Any) -> None:
+    def cb_config(
+        cls, ctx: click.Context, param: click.Option, value: tuple[str, ...]
+    ) -> _ConfigInput:
+        for path in value:
+            if path != "ENV":
+                _read_input(Path(path).read_text, path, param="--config")
+        return super().cb_config(ctx, param, value)
+
+    @override
+    @classmethod
+    def invoke(
+        cls,
+        *,
+        state: IO[str] | None = None,
+        catalog: IO[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if state is not None:
+            text, checked = _read_input(state.read, state.name, param="--state")
+            _report_input_errors(check_state, checked, param="--state")
+            state = io.StringIO(text)  # the SDK reads the file as it was
+        if catalog is not None:
+            text, checked = _read_input(catalog.read, catalog.name, param="--catalog")
+            # Every stream here sets `name` on its class; the SDK declares it per instance.
+            names = {stream.name for stream in STREAM_TYPES}  # type: ignore[misc]
+            _report_input_errors(check_catalog, checked, names, param="--catalog")
+            catalog = io.StringIO(text)
         try:
-            super().invoke(*args, **kwargs)
+            super().invoke(state=state, catalog=catalog, **kwargs)
         except (FatalAPIError, RetriableAPIError) as exc:
             # Already actionable and secret-free (see client.py): one line, no traceback.
             cls.logger.error("%s", exc)  # noqa: TRY400
             sys.exit(1)
+
+
+STREAM_TYPES: tuple[type[BraintrustStream], ...] = (
+    streams.ProjectsStream,
+    streams.ExperimentsStream,
+    streams.DatasetsStream,
+    streams.ProjectLogsStream,
+    streams.ExperimentEventsStream,
+    streams.DatasetEventsStream,
+)
+
+
+def _read_input(read: Callable[[], str], name: str, *, param: str) -> tuple[str, dict[str, Any]]:
+    """An input file's text and JSON object, or click's usage error (exit 2) saying why not."""
+    try:
+        text = read()
+        return text, read_json_object(text, name)
+    except OSError as exc:
+        msg = f"cannot read {name}: {exc.strerror or exc}"
+        raise click.BadParameter(msg, param_hint=f"'{param}'") from exc
+    except UnicodeDecodeError as exc:
+        msg = f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise click.BadParameter(msg, param_hint=f"'{param}'") from exc
+    except InputFileError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{param}'") from exc
+
+
+def _report_input_errors(check: Callable[..., None], *args: Any, param: str) -> None:
+    try:
+        check(*args)
+    except InputFileError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{param}'") from exc
 
 
 def config_problems(config: Mapping[str, Any], known_settings: Collection[str]) -> list[str]:
@@ -166,6 +282,9 @@ def config_problems(config: Mapping[str, Any], known_settings: Collection[str]) 
     api_url = config.get("api_url")
     if isinstance(api_url, str):
         problems.extend(_api_url_problems(api_url))
+    ca_bundle = config.get("ca_bundle")
+    if isinstance(ca_bundle, str) and ca_bundle and not Path(ca_bundle).exists():
+        problems.append(f"ca_bundle: no file or directory at {ca_bundle!r}")
     start_date = config.get("start_date")
     if isinstance(start_date, str):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from tests.meltano_project import install_plugins
 from tests.postgres import PostgresServer, running_postgres
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from tests.emulator.generator import Demo
     from tests.emulator.store import ObjectKind
@@ -141,15 +142,26 @@ def run_tap_in(
     *args: str,
     catalog: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> TapRun:
-    """Run the installed `tap-braintrust` command, its input files written in `directory`."""
+    """Run the installed `tap-braintrust` command, its input files written in `directory`.
+
+    `env` adds environment variables (e.g. `TAP_BRAINTRUST_LOGLEVEL`) to this process's.
+    """
     command = [TAP_EXECUTABLE, *args]
     for option, content in (("--config", config), ("--catalog", catalog), ("--state", state)):
         if content is not None:
             path = directory / f"{option[2:]}.json"
             path.write_text(json.dumps(content))
             command += [option, str(path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **env} if env else None,
+    )
     return TapRun(done.returncode, done.stdout, done.stderr)
 
 

@@ -43,7 +43,7 @@ def test_a_first_run_reads_every_row_with_a_range_filter_on_xact_id() -> None:
     query = RowsQuery("project_logs", PROJECT_ID)
     assert query.body() == _body("project_logs", PROJECT_ID, _gt_xact("0"))
     assert query.describe() == (
-        f'project_logs("{PROJECT_ID}") WHERE _xact_id > 0 ORDER BY _xact_id ASC LIMIT 1000'
+        f'project_logs("{PROJECT_ID}") WHERE _xact_id > 0 ORDER BY _xact_id ASC'
     )
 
 
@@ -69,8 +69,7 @@ def test_start_date_is_normalised_and_joined_with_and() -> None:
         "dataset", "d-1", {"op": "and", "left": _gt_xact("5"), "right": since}
     )
     assert query.describe().endswith(
-        'WHERE _xact_id > 5 AND created >= "2026-01-31T00:00:00.000000Z" '
-        "ORDER BY _xact_id ASC LIMIT 1000"
+        'WHERE _xact_id > 5 AND created >= "2026-01-31T00:00:00.000000Z" ORDER BY _xact_id ASC'
     )
 
 

@@ -9,12 +9,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Iterator
 
 
 @contextmanager
-def serve(respond: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[tuple[str, list[str]]]:
-    """A throwaway HTTP server on loopback that answers every GET and POST with `respond`."""
+def serve(
+    respond: Callable[[BaseHTTPRequestHandler], None], tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """A throwaway HTTP server on loopback that answers every GET and POST with `respond`.
+
+    With `tls` (a server context holding its certificate) it speaks HTTPS instead.
+    """
     paths: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -30,10 +36,13 @@ def serve(respond: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[tuple[s
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", paths
+        scheme = "https" if tls is not None else "http"
+        yield f"{scheme}://127.0.0.1:{server.server_port}", paths
     finally:
         server.shutdown()
         server.server_close()
