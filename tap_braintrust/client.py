@@ -6,7 +6,6 @@ secret redaction are decided once, here.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import sys
@@ -70,7 +69,9 @@ _RETRIABLE_STATUSES = frozenset(
         HTTPStatus.TOO_MANY_REQUESTS,
         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     }
-) | frozenset(range(500, 600))
+) | (
+    frozenset(range(500, 600)) - {HTTPStatus.NOT_IMPLEMENTED, HTTPStatus.HTTP_VERSION_NOT_SUPPORTED}
+)
 # Answers Braintrust gives to a /btql page too big to build in time or to send.
 PAGE_TOO_BIG_STATUSES = frozenset(
     {
@@ -93,7 +94,9 @@ _TRANSPORT_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
-_TLS_REASON = re.compile(r"certificate verify failed: ([^'\"()]+)")
+# A certificate that failed verification: a config problem, unlike other TLS errors
+# (a connection cut mid-handshake or mid-body), which are retried.
+_UNTRUSTED_CERTIFICATE = re.compile(r"certificate verify failed: ([^'\"()]+)")
 
 
 def _describe(request: requests.PreparedRequest, subject: str | None = None) -> str:
@@ -146,12 +149,13 @@ class RetryPolicy:
     def wait(self, tries: int, response: requests.Response | None) -> float:
         """Seconds to wait after the `tries`-th failure.
 
-        What the server's `Retry-After` says (capped), else full-jitter exponential backoff:
+        What the server's `Retry-After` says (capped) when it asks for a wait, else full-jitter
+        exponential backoff:
         a random wait up to 1, 2, 4, ... seconds, capped, so retries of many clients spread out.
         """
         header = response.headers.get("Retry-After") if response is not None else None
         asked = retry_after_seconds(header, time.time())
-        if asked is not None:
+        if asked:  # zero, or a date our clock already passed, would retry at once: back off
             return min(asked, self.max_retry_after_seconds)
         return backoff.full_jitter(min(self.max_backoff_seconds, 2.0 ** (tries - 1)))
 
@@ -179,10 +183,10 @@ class Connection:
         Authorization header to another host.
         """
         if self._interval:
-            now = time.monotonic()
-            if now < self._next_slot:
-                time.sleep(self._next_slot - now)
-            self._next_slot = max(now, self._next_slot) + self._interval
+            if (early := self._next_slot - time.monotonic()) > 0:
+                time.sleep(early)
+            # From when this request really goes out, so an oversleep never shortens a gap.
+            self._next_slot = time.monotonic() + self._interval
         return self.session.send(request, timeout=timeout, allow_redirects=False)
 
 
@@ -264,28 +268,40 @@ class BraintrustStream(RESTStream[None]):
             shrink_page: halves the page size after a page-too-big failure and returns the
                 new size; None when it cannot shrink further.
         """
-        for tries in itertools.count(1):
+        max_tries = self.retry_policy.max_tries
+        for tries in range(1, max_tries + 1):
             request = prepare()
             try:
                 return self._send(request, subject)
             except RetriableAPIError as exc:
-                reason, response = str(exc), exc.response
-            except requests.exceptions.SSLError as exc:
-                raise BraintrustError(self._tls_message(request, exc)) from exc
+                reason, response = str(exc).rstrip("."), exc.response
+                advice = (
+                    "try again later, or raise `max_tries` / `max_backoff_seconds` to ride out "
+                    "longer trouble"
+                )
             except _TRANSPORT_ERRORS as exc:
-                reason, response = f"{_describe(request, subject)}: {type(exc).__name__}", None
-                if tries >= self.retry_policy.max_tries:
-                    raise BraintrustError(self._unreachable_message(request, tries, exc)) from exc
+                # requests' own text repeats the URL and urllib3 internals; this says what to do.
+                if untrusted := _UNTRUSTED_CERTIFICATE.search(str(exc)):
+                    raise BraintrustError(self._tls_message(request, untrusted[1])) from exc
+                reason, response = (
+                    f"{_describe(request, subject)} got no usable answer ({type(exc).__name__})",
+                    None,
+                )
+                advice = (
+                    "check `api_url` and the network, or raise `request_timeout` "
+                    f"({self.timeout} s) if answers are slow"
+                )
             status = response.status_code if response is not None else None
             smaller = shrink_page() if shrink_page and status in PAGE_TOO_BIG_STATUSES else None
             if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE and smaller is None:
-                raise BraintrustError(reason)
-            if tries >= self.retry_policy.max_tries:
                 msg = (
-                    f"{reason.rstrip('.')}. Gave up after {tries} tries; try again later, "
-                    "or raise `max_tries` / `max_backoff_seconds` to ride out longer trouble"
+                    f"{reason}. Braintrust refuses to send even one row at a time; narrow the "
+                    "sync (`project_ids`, `project_names`, `start_date`, or deselect the stream) "
+                    "and report the row to Braintrust"
                 )
                 raise BraintrustError(msg)
+            if tries == max_tries:
+                break
             wait = self.retry_policy.wait(tries, response)
             self.logger.warning(
                 "%s;%s retrying in %.1f s (try %d of %d)",
@@ -293,10 +309,11 @@ class BraintrustStream(RESTStream[None]):
                 f" asking for {smaller} rows per page;" if smaller else "",
                 wait,
                 tries + 1,
-                self.retry_policy.max_tries,
+                max_tries,
             )
             time.sleep(wait)
-        raise AssertionError  # unreachable: the loop returns or raises
+        msg = f"{reason}. Gave up after {max_tries} tries; {advice}"
+        raise BraintrustError(msg)
 
     def _send(self, request: requests.PreparedRequest, subject: str | None) -> Any:
         response = self.connection.send(request, self.timeout)
@@ -305,7 +322,8 @@ class BraintrustStream(RESTStream[None]):
             return response.json()
         except ValueError as exc:
             msg = (
-                f"{_describe(request)} answered {response.status_code} with a body that is not "
+                f"{_describe(request, subject)} answered {response.status_code} with a body "
+                "that is not "
                 "JSON: check that `api_url` is a Braintrust data plane, not the web app's URL"
             )
             raise RetriableAPIError(msg, response) from exc
@@ -328,33 +346,22 @@ class BraintrustStream(RESTStream[None]):
         message = f"{_describe(response.request, subject)} failed with {status} {response.reason}"
         if HTTPStatus.MULTIPLE_CHOICES <= status < HTTPStatus.BAD_REQUEST:
             location = response.headers.get("Location", "?")
-            return (
+            message = (
                 f"{message}: it redirects to {location}; set `api_url` to the data plane URL "
                 "itself (redirects are not followed, so the API key stays with one host)"
             )
-        if advice := _STATUS_ADVICE.get(status):
-            message = f"{message}: {advice}"
-        if server_text := self._server_text(response):
-            message = f"{message}. Braintrust said: {server_text}"
-        return message
+        else:
+            if advice := _STATUS_ADVICE.get(status):
+                message = f"{message}: {advice}"
+            if server_text := self._server_text(response):
+                message = f"{message}. Braintrust said: {server_text}"
+        return self.redact(message)  # the reason and Location come from the server too
 
-    def _unreachable_message(
-        self, request: requests.PreparedRequest, tries: int, exc: Exception
-    ) -> str:
-        # requests' own text repeats the full URL and urllib3 internals; this says what to do.
+    def _tls_message(self, request: requests.PreparedRequest, reason: str) -> str:
         return (
-            f"{_describe(request)} got no usable answer in {tries} tries ({type(exc).__name__}); "
-            "check `api_url` and the network, or raise `request_timeout` "
-            f"({self.timeout} s) if answers are slow"
-        )
-
-    def _tls_message(self, request: requests.PreparedRequest, exc: Exception) -> str:
-        found = _TLS_REASON.search(str(exc))
-        reason = found.group(1).strip() if found else type(exc).__name__
-        return (
-            f"{_describe(request)}: the server's TLS certificate was not trusted ({reason}). "
-            "For a data plane with a private CA, set `ca_bundle` to its PEM file; "
-            "verification is never turned off"
+            f"{_describe(request)}: the server's TLS certificate was not trusted "
+            f"({reason.strip()}). For a data plane with a private CA, set `ca_bundle` to its "
+            "PEM file; verification is never turned off"
         )
 
     def _server_text(self, response: requests.Response) -> str:
@@ -365,7 +372,7 @@ class BraintrustStream(RESTStream[None]):
             text = response.text
         else:
             text = str(body.get("Message", body)) if isinstance(body, dict) else str(body)
-        return self.redact(text.strip()[:_SERVER_TEXT_LIMIT])
+        return self.redact(text).strip()[:_SERVER_TEXT_LIMIT]
 
     def redact(self, text: str) -> str:
         """Remove the API key from text that leaves the tap (a server may echo it)."""
@@ -469,8 +476,9 @@ class PageSize:
     way: the cursor marks a position, not a page number.
     """
 
-    GROW_AFTER = 3
-    """Successful pages in a row before the size doubles again."""
+    GROW_AFTER = 10
+    """Successful pages in a row before the size doubles again: while big pages keep
+    failing, at most one request in 11 is spent finding out."""
 
     def __init__(self, configured: int) -> None:
         """Start at the configured size."""

@@ -46,6 +46,7 @@ def check_state(state: dict[str, Any]) -> None:
     for stream, entry in bookmarks.items():
         where = f"bookmarks.{stream}"
         _require(isinstance(entry, dict), f"{where} must be an object")
+        _require_progress_markers(entry, where)
         partitions = entry.get("partitions", [])
         _require(isinstance(partitions, list), f"{where}.partitions must be a list")
         for index, partition in enumerate(partitions):
@@ -54,6 +55,13 @@ def check_state(state: dict[str, Any]) -> None:
             _require(
                 isinstance(partition.get("context"), dict), f"{part}.context must be an object"
             )
+            _require_progress_markers(partition, part)
+
+
+def _require_progress_markers(entry: dict[str, Any], where: str) -> None:
+    # The SDK clears these at the start of a run and crashes on anything but an object.
+    markers = entry.get("progress_markers", {})
+    _require(isinstance(markers, dict), f"{where}.progress_markers must be an object")
 
 
 def _require(condition: bool, problem: str) -> None:  # noqa: FBT001

@@ -215,7 +215,7 @@ class EventStream(BtqlStream):
             object_id,
             after_xact_id=after,
             created_since=created_since,
-            limit=self.config["page_size"],
+            limit=self.page_size.current,
         )
         self.logger.info(
             "%s: reading %s, %d rows per page", self.name, query.describe(), query.limit

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import click
 from singer_sdk import Tap
 from singer_sdk import typing as th
-from singer_sdk.exceptions import ConfigValidationError, FatalAPIError, RetriableAPIError
+from singer_sdk.exceptions import ConfigValidationError, FatalAPIError
 
 from tap_braintrust import streams
 from tap_braintrust.client import BraintrustStream, Connection
@@ -32,15 +32,6 @@ if TYPE_CHECKING:
     from singer_sdk.streams import Stream
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
-_SETTINGS_WITH_DEFAULTS = (
-    "api_url",
-    "page_size",
-    "lookback_seconds",
-    "request_timeout",
-    "max_tries",
-    "max_backoff_seconds",
-    "max_retry_after_seconds",
-)
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -166,8 +157,9 @@ class TapBraintrust(Tap):
             th.StringType(min_length=1),
             title="CA bundle",
             description=(
-                "PEM file (or OpenSSL hashed directory) of CA certificates to trust for a "
-                "self-hosted data plane with a private CA. TLS is always verified."
+                "PEM file (or OpenSSL hashed directory) of the CA certificates to trust, "
+                "instead of the system's, for a self-hosted data plane with a private CA. "
+                "TLS is always verified."
             ),
         ),
     ).to_dict()
@@ -208,19 +200,23 @@ class TapBraintrust(Tap):
         catalog: IO[str] | None = None,
         **kwargs: Any,
     ) -> None:
+        # The SDK reads each file as it was; these only refuse a bad one first.
         if state is not None:
-            text, checked = _read_input(state.read, state.name, param="--state")
-            _report_input_errors(check_state, checked, param="--state")
-            state = io.StringIO(text)  # the SDK reads the file as it was
+            text = _read_input(state.read, state.name, param="--state", check=check_state)
+            state = io.StringIO(text)
         if catalog is not None:
-            text, checked = _read_input(catalog.read, catalog.name, param="--catalog")
             # Every stream here sets `name` on its class; the SDK declares it per instance.
             names = {stream.name for stream in STREAM_TYPES}  # type: ignore[misc]
-            _report_input_errors(check_catalog, checked, names, param="--catalog")
+            text = _read_input(
+                catalog.read,
+                catalog.name,
+                param="--catalog",
+                check=lambda parsed: check_catalog(parsed, names),
+            )
             catalog = io.StringIO(text)
         try:
             super().invoke(state=state, catalog=catalog, **kwargs)
-        except (FatalAPIError, RetriableAPIError) as exc:
+        except FatalAPIError as exc:
             # Already actionable and secret-free (see client.py): one line, no traceback.
             cls.logger.error("%s", exc)  # noqa: TRY400
             sys.exit(1)
@@ -236,37 +232,42 @@ STREAM_TYPES: tuple[type[BraintrustStream], ...] = (
 )
 
 
-def _read_input(read: Callable[[], str], name: str, *, param: str) -> tuple[str, dict[str, Any]]:
-    """An input file's text and JSON object, or click's usage error (exit 2) saying why not."""
+def _read_input(
+    read: Callable[[], str],
+    name: str,
+    *,
+    param: str,
+    check: Callable[[dict[str, Any]], None] | None = None,
+) -> str:
+    """An input file's text once it reads as a JSON object and passes `check`.
+
+    Otherwise click's usage error (exit 2), naming the file and what is wrong.
+    """
     try:
         text = read()
-        return text, read_json_object(text, name)
+        parsed = read_json_object(text, name)
+        if check is not None:
+            check(parsed)
     except OSError as exc:
         msg = f"cannot read {name}: {exc.strerror or exc}"
-        raise click.BadParameter(msg, param_hint=f"'{param}'") from exc
     except UnicodeDecodeError as exc:
         msg = f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        raise click.BadParameter(msg, param_hint=f"'{param}'") from exc
     except InputFileError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"'{param}'") from exc
+        msg = str(exc)
+    else:
+        return text
+    raise click.BadParameter(msg, param_hint=f"'{param}'")
 
 
-def _report_input_errors(check: Callable[..., None], *args: Any, param: str) -> None:
-    try:
-        check(*args)
-    except InputFileError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"'{param}'") from exc
-
-
-def config_problems(config: Mapping[str, Any], known_settings: Collection[str]) -> list[str]:
-    """Problems with values that pass the JSON Schema but cannot work."""
-    problems = [
-        _unknown_setting(name, known_settings) for name in config if name not in known_settings
-    ]
+def config_problems(
+    config: Mapping[str, Any], properties: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Problems with values that pass the JSON Schema (its `properties`) but cannot work."""
+    problems = [_unknown_setting(name, properties) for name in config if name not in properties]
     problems += [
         f"{name} is null; remove it to use the default"
-        for name in _SETTINGS_WITH_DEFAULTS
-        if name in config and config[name] is None
+        for name, schema in properties.items()
+        if "default" in schema and name in config and config[name] is None
     ]
     api_key = config.get("api_key")
     if isinstance(api_key, str) and api_key and not _PRINTABLE_ASCII.fullmatch(api_key):

@@ -152,6 +152,19 @@ def _deselect_all(catalog: dict[str, Any]) -> None:
             "partitions[0].context must be an object",
         ),
         ("--state", '{"singer_state": {"bookmarks": {}}}', "pass the value of its `singer_state`"),
+        (
+            "--state",
+            '{"bookmarks": {"projects": {"progress_markers": null}}}',
+            "bookmarks.projects.progress_markers must be an object",
+        ),
+        (
+            "--state",
+            (
+                '{"bookmarks": {"project_logs": {"partitions": '
+                '[{"context": {"project_id": "p-1"}, "progress_markers": []}]}}}'
+            ),
+            "partitions[0].progress_markers must be an object",
+        ),
         ("--catalog", NOT_JSON, "is not valid JSON"),
         ("--catalog", '{"streams": {}}', "must have a `streams` list of objects"),
         ("--catalog", '{"streams": [{"tap_stream_id": "users"}]}', "stream 'users', which"),
@@ -183,6 +196,8 @@ def _deselect_all(catalog: dict[str, Any]) -> None:
         "state-partition-not-object",
         "state-context-not-object",
         "state-meltano-wrapper",
+        "state-progress-markers-null",
+        "state-partition-progress-markers-list",
         "catalog-not-json",
         "catalog-streams-not-list",
         "catalog-unknown-stream",
@@ -255,14 +270,14 @@ NO_RETRY_WAIT = {"max_backoff_seconds": 0}
             FaultRule("slow", path="/v1/experiment", delay=2.0),
             {"max_tries": 2, "request_timeout": 1},
             (
-                "got no usable answer in 2 tries (ReadTimeout); check `api_url` and the "
-                "network, or raise `request_timeout` (1 s)"
+                "got no usable answer (ReadTimeout). Gave up after 2 tries; check `api_url` "
+                "and the network, or raise `request_timeout` (1 s)"
             ),
         ),
         (
             FaultRule("drop", path="/v1/dataset"),
             {"max_tries": 2},
-            "got no usable answer in 2 tries (ConnectionError)",
+            "got no usable answer (ConnectionError). Gave up after 2 tries",
         ),
     ],
     ids=[
@@ -293,6 +308,7 @@ def test_a_413_gives_up_only_at_one_row(emulator: Emulator, run_tap: Callable[..
     emulator.faults.add(FaultRule("status", path="/btql", status=413))
     run = run_tap(tap_config(emulator, page_size=8, **NO_RETRY_WAIT))
     _clear_failure(run, 1, "failed with 413 Request Entity Too Large")
+    assert "refuses to send even one row at a time; narrow the sync" in run.stderr
     limits = [e.json_body["query"]["limit"] for e in emulator.request_log if e.path == "/btql"]
     assert limits == [8, 4, 2, 1]
 
@@ -331,7 +347,9 @@ def test_nothing_listening_names_api_url(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     config = {**GOOD, "api_url": f"http://127.0.0.1:{port}", "max_tries": 2, **NO_RETRY_WAIT}
     run = run_tap_in(tmp_path, config)
-    _clear_failure(run, 1, "got no usable answer in 2 tries (ConnectionError); check `api_url`")
+    _clear_failure(
+        run, 1, "got no usable answer (ConnectionError). Gave up after 2 tries; check `api_url`"
+    )
 
 
 def test_a_project_id_that_looks_like_sql_is_reported_missing(

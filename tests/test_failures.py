@@ -69,7 +69,7 @@ def test_an_answer_slower_than_request_timeout_is_retried(
     run = run_tap(tap_config(emulator, request_timeout=1))
     assert run.returncode == 0, run.stderr
     assert emulator.faults.fired(rule) == 1
-    assert "ReadTimeout; retrying in" in run.stderr
+    assert "(ReadTimeout); retrying in" in run.stderr
     ids = {record["id"] for record in run.records("datasets")}
     assert ids == {obj["id"] for obj in emulator.store.objects("dataset")}
 
@@ -97,3 +97,30 @@ def test_a_server_echoing_the_key_is_redacted(run_tap: Callable[..., TapRun]) ->
     assert run.returncode == 1
     assert "Braintrust said: bad header Bearer <api_key>" in run.stderr
     assert API_KEY not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        # The key straddles the point where long server text is cut.
+        lambda key: answer_with(400, {"Message": "x" * 480 + f" token {key}"}),
+        lambda key: answer_with(302, {}, Location=f"https://elsewhere.example/?key={key}"),
+        lambda key: answer_with(503, {"Message": f"overloaded, {key}"}),
+    ],
+    ids=["long-message", "location", "retried-5xx"],
+)
+def test_no_part_of_an_echoed_key_is_printed(
+    run_tap: Callable[..., TapRun], echo: Callable[[str], Callable[[BaseHTTPRequestHandler], None]]
+) -> None:
+    with serve(echo(API_KEY)) as (api_url, _):
+        run = run_tap({"api_key": API_KEY, "api_url": api_url, "max_tries": 2})
+    assert run.returncode == 1
+    assert "<api_key>" in run.stderr
+    assert API_KEY[:12] not in run.stdout + run.stderr
+
+
+def answer_with(
+    status: int, body: object, **headers: str
+) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A server's answer to every request."""
+    return lambda handler: answer(handler, status, body, **headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,14 +28,16 @@ if TYPE_CHECKING:
 
 # What a bad night on a hosted plan looks like; the first rule that fires decides a request.
 BAD_NIGHT = (
-    FaultRule("slow", path="/btql", delay=2.5, times=1),  # past request_timeout, once
+    FaultRule("slow", path="/btql", delay=3.5, times=1),  # past request_timeout, once
     FaultRule("status", status=429, retry_after=1, probability=0.10),
     FaultRule("status", status=503, probability=0.03),
     FaultRule("status", path="/btql", status=500, probability=0.02),
     FaultRule("drop", probability=0.03),
     FaultRule("truncate", probability=0.02),
 )
-FAST_RETRIES = {"max_backoff_seconds": 0.5, "request_timeout": 1, "page_size": 100}
+# A timeout well above what a page takes even on a busy machine, so only the slow fault
+# times out.
+FAST_RETRIES = {"max_backoff_seconds": 0.5, "request_timeout": 2, "page_size": 100}
 
 
 def _objects(run: TapRun) -> dict[str, dict[str, Any]]:
@@ -128,7 +131,7 @@ def test_the_retry_waits_what_retry_after_says(
 ) -> None:
     """`waited`: the shortest and (exclusive) longest gap before the retry, in seconds."""
     emulator.faults.add(rule)
-    # A backoff long enough to tell apart: only Retry-After can make the wait what it is.
+    # A first backoff waits under 1 s, so only Retry-After makes these waits what they are.
     run = run_tap(tap_config(emulator, max_backoff_seconds=30, **settings))
     assert run.returncode == 0, run.stderr
     log = emulator.request_log
@@ -151,8 +154,8 @@ def test_retry_after_as_an_http_date_is_honoured(
     assert run.returncode == 0, run.stderr
     log = emulator.request_log
     (faulted,) = [entry for entry in log if entry.fault]
-    # HTTP dates have whole seconds: the header named the second 3 s after the fault.
-    asked_until = int(faulted.time + 3)
+    asked_until = parsedate_to_datetime(faulted.response_headers["Retry-After"]).timestamp()
+    assert asked_until >= int(faulted.time + 3)  # an HTTP date has whole seconds
     retry = _after(log, faulted)
     assert asked_until <= retry.time < asked_until + 0.6
 
@@ -172,8 +175,9 @@ def test_max_requests_per_minute_spaces_every_request(
     arrivals = [entry.time for entry in emulator.request_log]
     assert len(arrivals) >= 20
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-    # Retries included; a few ms of slack for when the server thread reads the clock.
-    assert min(gaps) >= 60 / per_minute - 0.01
+    # Retries included. The slack is for when the server thread reads its clock on a busy
+    # machine; without pacing these requests come milliseconds apart.
+    assert min(gaps) >= 60 / per_minute - 0.05
     per_second = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     assert per_second <= per_minute / 60 * 1.01
     print(  # noqa: T201 - figures for the closing note

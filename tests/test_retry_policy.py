@@ -49,6 +49,15 @@ def test_retry_after_is_honoured_up_to_the_cap() -> None:
     assert POLICY.wait(1, _response("3600")) == 300.0
 
 
+@pytest.mark.parametrize("header", ["0", formatdate(0, usegmt=True)])
+def test_retry_after_asking_for_no_wait_backs_off_instead(header: str) -> None:
+    # Retrying at once would spend every try in a burst (a clock ahead of the server's
+    # turns a date a second away into "now").
+    waits = [POLICY.wait(4, _response(header)) for _ in range(100)]
+    assert max(waits) > 1.0
+    assert all(wait <= 8.0 for wait in waits)
+
+
 def test_without_retry_after_the_wait_is_jittered_exponential_and_capped() -> None:
     for tries, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)):
         waits = [POLICY.wait(tries, _response(None)) for _ in range(200)]
@@ -73,11 +82,12 @@ def test_a_page_grows_back_after_good_pages_but_never_past_the_setting() -> None
     page.shrink()
     assert page.current == 75
     sizes = []
-    for _ in range(12):
+    for _ in range(3 * PageSize.GROW_AFTER):
         page.succeeded()
         sizes.append(page.current)
-    assert sizes == [75, 75, 150, 150, 150, 300, 300, 300, 300, 300, 300, 300]
+    grow = PageSize.GROW_AFTER
+    assert sizes == [75] * (grow - 1) + [150] * grow + [300] * (grow + 1)
     page.shrink()
-    page.succeeded()
-    page.succeeded()
+    for _ in range(grow - 1):
+        page.succeeded()
     assert page.current == 150  # a failure restarts the count

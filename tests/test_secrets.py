@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -149,6 +152,31 @@ def test_tls_is_verified_and_a_private_ca_needs_ca_bundle(
     assert trusted.returncode == 0, trusted.stderr
     assert paths == ["/v1/project?limit=1000"]
     assert _leaks(untrusted) == _leaks(trusted) == []
+
+
+def test_a_tls_connection_cut_short_is_retried_not_blamed_on_trust(
+    run_tap: Callable[..., TapRun],
+) -> None:
+    # A load balancer that drops connections mid-handshake: a transient failure.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        accepted: list[int] = []
+
+        def hang_up() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = listener.accept()
+                    accepted.append(1)
+                    connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        run = run_tap({"api_key": CANARY_KEY, "api_url": url, "max_tries": 3})
+    assert run.returncode == 1
+    assert run.stderr.count("retrying in") == 2
+    assert "got no usable answer" in run.stderr
+    assert "Gave up after 3 tries" in run.stderr
+    assert "not trusted" not in run.stderr
+    assert len(accepted) == 3
 
 
 INJECTION = "x') OR 1=1 --"

@@ -98,7 +98,7 @@ class LoggedRequest:
 
     `time` is when the request arrived (wall clock); `headers` keys are lower-case;
     `status` is None when a `drop` fault sent nothing; `fault` names the injected fault
-    kind, if any.
+    kind, if any; `response_headers` are the extra headers of the answer (e.g. Retry-After).
     """
 
     time: float
@@ -109,6 +109,7 @@ class LoggedRequest:
     json_body: Any
     status: int | None
     fault: str | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -822,6 +823,7 @@ class _Handler(BaseHTTPRequestHandler):
                 json_body=request.json_body,
                 status=response.status if response else None,
                 fault=fault.kind if fault else None,
+                response_headers=dict(response.headers) if response else {},
             )
         )
         if response is not None:
