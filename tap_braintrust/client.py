@@ -83,6 +83,16 @@ PAGE_TOO_BIG_STATUSES = frozenset(
 )
 
 
+# What to do when a request failed on every try, by the last answer's status (0: any other).
+_GIVE_UP_ADVICE: dict[int, str] = {
+    HTTPStatus.TOO_MANY_REQUESTS: (
+        "Braintrust throttled every try; set `max_requests_per_minute` below the plan's "
+        "limit, or raise `max_tries` / `max_retry_after_seconds`"
+    ),
+    0: "try again later, or raise `max_tries` / `max_backoff_seconds` to ride out longer trouble",
+}
+
+
 class BraintrustError(FatalAPIError):
     """A failure the user must act on: the message says what to do and holds no secret."""
 
@@ -94,9 +104,12 @@ _TRANSPORT_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
-# A certificate that failed verification: a config problem, unlike other TLS errors
-# (a connection cut mid-handshake or mid-body), which are retried.
-_UNTRUSTED_CERTIFICATE = re.compile(r"certificate verify failed: ([^'\"()]+)")
+# TLS failures that are the network's (a connection cut mid-handshake or mid-body) are
+# retried; the rest (an untrusted or mismatched certificate, https to a plain-HTTP port)
+# are config problems that no retry fixes.
+_TLS_CUT_SHORT = re.compile(r"EOF occurred|UNEXPECTED_EOF|reset by peer|timed out", re.IGNORECASE)
+_UNVERIFIED_CERTIFICATE = re.compile(r"certificate verify failed: (.*?)\s*\(_ssl\.c")
+_TLS_ERROR_CODE = re.compile(r"\[SSL: (\w+)\]")
 
 
 def _describe(request: requests.PreparedRequest, subject: str | None = None) -> str:
@@ -107,6 +120,11 @@ def _describe(request: requests.PreparedRequest, subject: str | None = None) -> 
     url = urlsplit(request.url or "")
     described = f"{request.method} {url.scheme}://{url.netloc}{url.path}"
     return f"{described} for {subject}" if subject else described
+
+
+def redact(text: str, api_key: object) -> str:
+    """`text` without the API key (a server may echo it back)."""
+    return text.replace(api_key, "<api_key>") if isinstance(api_key, str) and api_key else text
 
 
 def retry_after_seconds(header: str | None, now: float) -> float | None:
@@ -149,15 +167,15 @@ class RetryPolicy:
     def wait(self, tries: int, response: requests.Response | None) -> float:
         """Seconds to wait after the `tries`-th failure.
 
-        What the server's `Retry-After` says (capped) when it asks for a wait, else full-jitter
+        What the server's `Retry-After` says (capped) if that is longer, else full-jitter
         exponential backoff:
         a random wait up to 1, 2, 4, ... seconds, capped, so retries of many clients spread out.
         """
         header = response.headers.get("Retry-After") if response is not None else None
-        asked = retry_after_seconds(header, time.time())
-        if asked:  # zero, or a date our clock already passed, would retry at once: back off
-            return min(asked, self.max_retry_after_seconds)
-        return backoff.full_jitter(min(self.max_backoff_seconds, 2.0 ** (tries - 1)))
+        asked = min(retry_after_seconds(header, time.time()) or 0.0, self.max_retry_after_seconds)
+        # Never less than the backoff: a zero, a date our clock already passed or a tiny cap
+        # would otherwise spend every try in a burst.
+        return max(asked, backoff.full_jitter(min(self.max_backoff_seconds, 2.0 ** (tries - 1))))
 
 
 class Connection:
@@ -269,20 +287,21 @@ class BraintrustStream(RESTStream[None]):
                 new size; None when it cannot shrink further.
         """
         max_tries = self.retry_policy.max_tries
+        reason = advice = ""
         for tries in range(1, max_tries + 1):
             request = prepare()
             try:
                 return self._send(request, subject)
             except RetriableAPIError as exc:
                 reason, response = str(exc).rstrip("."), exc.response
-                advice = (
-                    "try again later, or raise `max_tries` / `max_backoff_seconds` to ride out "
-                    "longer trouble"
-                )
+                last_status = response.status_code if response is not None else 0
+                advice = _GIVE_UP_ADVICE.get(last_status, _GIVE_UP_ADVICE[0])
             except _TRANSPORT_ERRORS as exc:
                 # requests' own text repeats the URL and urllib3 internals; this says what to do.
-                if untrusted := _UNTRUSTED_CERTIFICATE.search(str(exc)):
-                    raise BraintrustError(self._tls_message(request, untrusted[1])) from exc
+                if isinstance(exc, requests.exceptions.SSLError) and not _TLS_CUT_SHORT.search(
+                    str(exc)
+                ):
+                    raise BraintrustError(self._tls_message(request, exc)) from exc
                 reason, response = (
                     f"{_describe(request, subject)} got no usable answer ({type(exc).__name__})",
                     None,
@@ -294,11 +313,13 @@ class BraintrustStream(RESTStream[None]):
             status = response.status_code if response is not None else None
             smaller = shrink_page() if shrink_page and status in PAGE_TOO_BIG_STATUSES else None
             if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE and smaller is None:
-                msg = (
-                    f"{reason}. Braintrust refuses to send even one row at a time; narrow the "
-                    "sync (`project_ids`, `project_names`, `start_date`, or deselect the stream) "
-                    "and report the row to Braintrust"
-                )
+                msg = reason
+                if shrink_page is not None:
+                    msg += (
+                        ". Braintrust refuses to send even one row at a time; narrow the sync "
+                        "(`project_ids`, `project_names`, `start_date`, or deselect the stream) "
+                        "and report the row to Braintrust"
+                    )
                 raise BraintrustError(msg)
             if tries == max_tries:
                 break
@@ -357,11 +378,19 @@ class BraintrustStream(RESTStream[None]):
                 message = f"{message}. Braintrust said: {server_text}"
         return self.redact(message)  # the reason and Location come from the server too
 
-    def _tls_message(self, request: requests.PreparedRequest, reason: str) -> str:
+    def _tls_message(self, request: requests.PreparedRequest, exc: Exception) -> str:
+        if unverified := _UNVERIFIED_CERTIFICATE.search(str(exc)):
+            return (
+                f"{_describe(request)}: the server's TLS certificate failed verification "
+                f"({unverified[1]}). Check that `api_url` names the data plane's own host; for "
+                "a data plane with a private CA, set `ca_bundle` to its PEM file (verification "
+                "is never turned off)"
+            )
+        code = _TLS_ERROR_CODE.search(str(exc))
+        reason = code[1] if code else type(exc).__name__
         return (
-            f"{_describe(request)}: the server's TLS certificate was not trusted "
-            f"({reason.strip()}). For a data plane with a private CA, set `ca_bundle` to its "
-            "PEM file; verification is never turned off"
+            f"{_describe(request)}: TLS failed ({reason}). Check that `api_url` uses https "
+            "only where the data plane serves TLS, and `ca_bundle`"
         )
 
     def _server_text(self, response: requests.Response) -> str:
@@ -376,8 +405,7 @@ class BraintrustStream(RESTStream[None]):
 
     def redact(self, text: str) -> str:
         """Remove the API key from text that leaves the tap (a server may echo it)."""
-        api_key = str(self.config.get("api_key") or "")
-        return text.replace(api_key, "<api_key>") if api_key else text
+        return redact(text, self.config.get("api_key"))
 
 
 class ObjectListingStream(BraintrustStream):

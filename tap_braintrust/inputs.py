@@ -27,6 +27,9 @@ def read_json_object(text: str, what: str) -> dict[str, Any]:
     except ValueError as exc:  # the message names a position, never the file's content
         msg = f"{what} is not valid JSON ({exc})"
         raise InputFileError(msg) from exc
+    except RecursionError as exc:
+        msg = f"{what} is nested too deeply to be a config, state or catalog"
+        raise InputFileError(msg) from exc
     if not isinstance(value, dict):
         msg = f"{what} must be a JSON object, not a JSON {type(value).__name__}"
         raise InputFileError(msg)
@@ -78,7 +81,7 @@ def check_catalog(catalog: dict[str, Any], stream_names: Collection[str]) -> Non
         raise InputFileError(msg)
     for entry in entries:
         name = entry.get("tap_stream_id")
-        if name not in stream_names:
+        if not isinstance(name, str) or name not in stream_names:
             msg = (
                 f"the catalog names stream {name!r}, which tap-braintrust does not have "
                 f"(it has {', '.join(sorted(stream_names))}); regenerate it with --discover"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import ssl
 import sys
 from difflib import get_close_matches
 from pathlib import Path
@@ -16,7 +18,7 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError, FatalAPIError
 
 from tap_braintrust import streams
-from tap_braintrust.client import BraintrustStream, Connection
+from tap_braintrust.client import BraintrustStream, Connection, redact
 from tap_braintrust.inputs import InputFileError, check_catalog, check_state, read_json_object
 from tap_braintrust.timestamps import parse_timestamp
 
@@ -157,9 +159,9 @@ class TapBraintrust(Tap):
             th.StringType(min_length=1),
             title="CA bundle",
             description=(
-                "PEM file (or OpenSSL hashed directory) of the CA certificates to trust, "
-                "instead of the system's, for a self-hosted data plane with a private CA. "
-                "TLS is always verified."
+                "PEM file (or OpenSSL hashed directory) of the CA certificates to trust "
+                "instead of the public ones (certifi's) for a self-hosted data plane with a "
+                "private CA. TLS is always verified."
             ),
         ),
     ).to_dict()
@@ -217,8 +219,12 @@ class TapBraintrust(Tap):
         try:
             super().invoke(state=state, catalog=catalog, **kwargs)
         except FatalAPIError as exc:
-            # Already actionable and secret-free (see client.py): one line, no traceback.
-            cls.logger.error("%s", exc)  # noqa: TRY400
+            # Already actionable (see client.py): one line, no traceback, and whatever it
+            # quotes from a server, never the key, from a config file or the environment.
+            message = redact(str(exc), os.environ.get("TAP_BRAINTRUST_API_KEY"))
+            if (config := kwargs.get("config")) is not None:
+                message = redact(message, config.config.get("api_key"))
+            cls.logger.error("%s", message)  # noqa: TRY400
             sys.exit(1)
 
 
@@ -284,8 +290,8 @@ def config_problems(
     if isinstance(api_url, str):
         problems.extend(_api_url_problems(api_url))
     ca_bundle = config.get("ca_bundle")
-    if isinstance(ca_bundle, str) and ca_bundle and not Path(ca_bundle).exists():
-        problems.append(f"ca_bundle: no file or directory at {ca_bundle!r}")
+    if isinstance(ca_bundle, str) and ca_bundle:
+        problems.extend(_ca_bundle_problems(Path(ca_bundle)))
     start_date = config.get("start_date")
     if isinstance(start_date, str):
         try:
@@ -313,6 +319,20 @@ def _fits_a_header(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return value == value.strip() and not _CONTROL_CHARACTERS.search(value)
+
+
+def _ca_bundle_problems(ca_bundle: Path) -> list[str]:
+    # Loaded here: a file without a certificate would otherwise fail every TLS handshake.
+    if not ca_bundle.exists():
+        return [f"ca_bundle: no file or directory at {str(ca_bundle)!r}"]
+    try:
+        if ca_bundle.is_dir():
+            ssl.create_default_context(capath=ca_bundle)
+        else:
+            ssl.create_default_context(cafile=ca_bundle)
+    except (ssl.SSLError, OSError) as exc:
+        return [f"ca_bundle: {str(ca_bundle)!r} holds no usable PEM certificate ({exc})"]
+    return []
 
 
 def _api_url_problems(api_url: str) -> list[str]:

@@ -84,6 +84,7 @@ def _clear_failure(run: TapRun, code: int, message: str) -> None:
         ({**GOOD, "max_requests_per_minute": 0}, "0 is less than the minimum of 1"),
         ({**GOOD, "max_requests_per_minute": 0.5}, "Decimal('0.5') is not of type 'integer'"),
         ({**GOOD, "ca_bundle": "/no/such/ca.pem"}, "ca_bundle: no file or directory at"),
+        ({**GOOD, "ca_bundle": __file__}, "holds no usable PEM certificate"),
         ({**GOOD, "lookback_seconds": 86401}, "86401 is greater than the maximum of 86400"),
     ],
 )
@@ -165,7 +166,9 @@ def _deselect_all(catalog: dict[str, Any]) -> None:
             ),
             "partitions[0].progress_markers must be an object",
         ),
+        ("--state", "[" * 100_000 + "]" * 100_000, "is nested too deeply"),
         ("--catalog", NOT_JSON, "is not valid JSON"),
+        ("--catalog", '{"streams": [{"tap_stream_id": ["projects"]}]}', "stream ['projects']"),
         ("--catalog", '{"streams": {}}', "must have a `streams` list of objects"),
         ("--catalog", '{"streams": [{"tap_stream_id": "users"}]}', "stream 'users', which"),
         (
@@ -198,7 +201,9 @@ def _deselect_all(catalog: dict[str, Any]) -> None:
         "state-meltano-wrapper",
         "state-progress-markers-null",
         "state-partition-progress-markers-list",
+        "state-nested-too-deeply",
         "catalog-not-json",
+        "catalog-stream-id-not-a-string",
         "catalog-streams-not-list",
         "catalog-unknown-stream",
         "catalog-no-properties",
@@ -247,7 +252,8 @@ NO_RETRY_WAIT = {"max_backoff_seconds": 0}
             {"max_tries": 4},
             (
                 "failed with 429 Too Many Requests. Braintrust said: Injected fault: HTTP 429. "
-                "Gave up after 4 tries"
+                "Gave up after 4 tries; Braintrust throttled every try; set "
+                "`max_requests_per_minute` below the plan's limit"
             ),
         ),
         (

@@ -106,8 +106,10 @@ def test_a_server_echoing_the_key_is_redacted(run_tap: Callable[..., TapRun]) ->
         lambda key: answer_with(400, {"Message": "x" * 480 + f" token {key}"}),
         lambda key: answer_with(302, {}, Location=f"https://elsewhere.example/?key={key}"),
         lambda key: answer_with(503, {"Message": f"overloaded, {key}"}),
+        # Data, not an error text: an id the loop guard quotes.
+        lambda key: answer_with(200, {"objects": [{"id": f"p-{key}", "name": "p"}]}),
     ],
-    ids=["long-message", "location", "retried-5xx"],
+    ids=["long-message", "location", "retried-5xx", "quoted-id"],
 )
 def test_no_part_of_an_echoed_key_is_printed(
     run_tap: Callable[..., TapRun], echo: Callable[[str], Callable[[BaseHTTPRequestHandler], None]]

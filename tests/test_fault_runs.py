@@ -189,7 +189,7 @@ def test_max_requests_per_minute_spaces_every_request(
 def test_big_pages_failing_shrink_the_page_and_every_row_comes_once(
     emulator: Emulator, run_tap: Callable[..., TapRun]
 ) -> None:
-    emulator.faults.add(FaultRule("status", path="/btql", status=504, min_limit=130))
+    emulator.faults.add(FaultRule("status", path="/btql", status=504, min_limit=40))
     run = run_tap(tap_config(emulator, max_backoff_seconds=0))
     assert run.returncode == 0, run.stderr
     target = Target()
@@ -198,17 +198,17 @@ def test_big_pages_failing_shrink_the_page_and_every_row_comes_once(
         assert len(received[stream]) == len(set(received[stream])), stream
     assert target.differences(truth(emulator)) == []
 
-    limits = [
+    logs = [
         (entry.json_body["query"]["limit"], entry.status)
         for entry in emulator.request_log
         if entry.path == "/btql"
+        and entry.json_body["query"]["from"]["name"]["name"] == ["project_logs"]
     ]
-    assert limits[:4] == [(1000, 504), (500, 504), (250, 504), (125, 200)]
-    assert all(status == 200 for limit, status in limits if limit <= 130)
-    assert all(status == 504 for limit, status in limits if limit > 130)
-    # It tries bigger pages again after a run of good ones, and falls back again.
-    assert sum(1 for limit, _ in limits[4:] if limit == 250) >= 1
-    assert "asking for 125 rows per page" in run.stderr
+    assert logs[:6] == [(1000, 504), (500, 504), (250, 504), (125, 504), (62, 504), (31, 200)]
+    assert all(status == (200 if limit <= 40 else 504) for limit, status in logs)
+    # After a run of good pages it tries a bigger one again, and falls back again.
+    assert (62, 504) in logs[6:]
+    assert "asking for 31 rows per page" in run.stderr
 
 
 def test_a_413_shrinks_the_page_too(emulator: Emulator, run_tap: Callable[..., TapRun]) -> None:

@@ -47,6 +47,8 @@ def _response(retry_after: str | None) -> requests.Response:
 def test_retry_after_is_honoured_up_to_the_cap() -> None:
     assert POLICY.wait(1, _response("12")) == 12.0
     assert POLICY.wait(1, _response("3600")) == 300.0
+    no_cap = RetryPolicy(max_tries=10, max_backoff_seconds=8, max_retry_after_seconds=0)
+    assert max(no_cap.wait(4, _response("60")) for _ in range(100)) > 1.0  # backoff, no burst
 
 
 @pytest.mark.parametrize("header", ["0", formatdate(0, usegmt=True)])

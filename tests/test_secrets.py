@@ -143,7 +143,7 @@ def test_tls_is_verified_and_a_private_ca_needs_ca_bundle(
     url, paths = tls_data_plane
     untrusted = run_tap({"api_key": CANARY_KEY, "api_url": url})
     assert untrusted.returncode == 1
-    assert "TLS certificate was not trusted" in untrusted.stderr
+    assert "certificate failed verification (unable to get local issuer" in untrusted.stderr
     assert "set `ca_bundle`" in untrusted.stderr
     assert "retrying" not in untrusted.stderr  # a trust problem is not retried
     assert paths == []  # nothing, key included, was sent over the untrusted connection
@@ -157,26 +157,42 @@ def test_tls_is_verified_and_a_private_ca_needs_ca_bundle(
 def test_a_tls_connection_cut_short_is_retried_not_blamed_on_trust(
     run_tap: Callable[..., TapRun],
 ) -> None:
-    # A load balancer that drops connections mid-handshake: a transient failure.
+    # A load balancer that reads the ClientHello and hangs up: a transient failure.
+    accepted: list[int] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        accepted: list[int] = []
 
         def hang_up() -> None:
             with contextlib.suppress(OSError):
                 while True:
                     connection, _ = listener.accept()
                     accepted.append(1)
+                    connection.recv(4096)  # closing with it unread would send a reset
                     connection.close()
 
-        threading.Thread(target=hang_up, daemon=True).start()
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
         url = f"https://127.0.0.1:{listener.getsockname()[1]}"
-        run = run_tap({"api_key": CANARY_KEY, "api_url": url, "max_tries": 3})
+        try:
+            run = run_tap({"api_key": CANARY_KEY, "api_url": url, "max_tries": 3})
+        finally:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the thread ends
+            thread.join(timeout=5)
     assert run.returncode == 1
-    assert run.stderr.count("retrying in") == 2
-    assert "got no usable answer" in run.stderr
-    assert "Gave up after 3 tries" in run.stderr
-    assert "not trusted" not in run.stderr
+    assert run.stderr.count("(SSLError); retrying in") == 2
+    assert "got no usable answer (SSLError). Gave up after 3 tries" in run.stderr
+    assert "verification" not in run.stderr
     assert len(accepted) == 3
+
+
+def test_https_to_a_plain_http_port_fails_at_once(
+    canary_emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    url = canary_emulator.url.replace("http://", "https://")
+    run = run_tap({"api_key": CANARY_KEY, "api_url": url})
+    assert run.returncode == 1
+    assert "TLS failed (WRONG_VERSION_NUMBER)" in run.stderr
+    assert "uses https only where the data plane serves TLS" in run.stderr
+    assert "retrying" not in run.stderr
 
 
 INJECTION = "x') OR 1=1 --"
