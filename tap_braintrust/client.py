@@ -7,7 +7,7 @@ secret redaction are decided once, here.
 from __future__ import annotations
 
 import math
-import re
+import ssl
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -104,12 +104,36 @@ _TRANSPORT_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
-# TLS failures that are the network's (a connection cut mid-handshake or mid-body) are
-# retried; the rest (an untrusted or mismatched certificate, https to a plain-HTTP port)
-# are config problems that no retry fixes.
-_TLS_CUT_SHORT = re.compile(r"EOF occurred|UNEXPECTED_EOF|reset by peer|timed out", re.IGNORECASE)
-_UNVERIFIED_CERTIFICATE = re.compile(r"certificate verify failed: (.*?)\s*\(_ssl\.c")
-_TLS_ERROR_CODE = re.compile(r"\[SSL: (\w+)\]")
+# TLS failures that are config problems no retry fixes (beside a certificate that fails
+# verification): https to a port that does not speak TLS, no protocol or cipher in common.
+# Any other TLS failure (a connection cut mid-handshake or mid-body) is retried.
+_TLS_CONFIG_PROBLEMS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "HTTP_REQUEST",
+        "UNSUPPORTED_PROTOCOL",
+        "NO_PROTOCOLS_AVAILABLE",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "TLSV1_UNRECOGNIZED_NAME",
+    }
+)
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The `ssl` module's error under requests' and urllib3's wrappers, if there is one."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        pending += current.args
+    return None
 
 
 def _describe(request: requests.PreparedRequest, subject: str | None = None) -> str:
@@ -298,10 +322,11 @@ class BraintrustStream(RESTStream[None]):
                 advice = _GIVE_UP_ADVICE.get(last_status, _GIVE_UP_ADVICE[0])
             except _TRANSPORT_ERRORS as exc:
                 # requests' own text repeats the URL and urllib3 internals; this says what to do.
-                if isinstance(exc, requests.exceptions.SSLError) and not _TLS_CUT_SHORT.search(
-                    str(exc)
+                tls_error = _tls_cause(exc)
+                if isinstance(tls_error, ssl.SSLCertVerificationError) or (
+                    tls_error is not None and tls_error.reason in _TLS_CONFIG_PROBLEMS
                 ):
-                    raise BraintrustError(self._tls_message(request, exc)) from exc
+                    raise BraintrustError(self._tls_message(request, tls_error)) from exc
                 reason, response = (
                     f"{_describe(request, subject)} got no usable answer ({type(exc).__name__})",
                     None,
@@ -378,19 +403,18 @@ class BraintrustStream(RESTStream[None]):
                 message = f"{message}. Braintrust said: {server_text}"
         return self.redact(message)  # the reason and Location come from the server too
 
-    def _tls_message(self, request: requests.PreparedRequest, exc: Exception) -> str:
-        if unverified := _UNVERIFIED_CERTIFICATE.search(str(exc)):
+    def _tls_message(self, request: requests.PreparedRequest, error: ssl.SSLError) -> str:
+        if isinstance(error, ssl.SSLCertVerificationError):
             return (
                 f"{_describe(request)}: the server's TLS certificate failed verification "
-                f"({unverified[1]}). Check that `api_url` names the data plane's own host; for "
-                "a data plane with a private CA, set `ca_bundle` to its PEM file (verification "
-                "is never turned off)"
+                f"({error.verify_message}). Check that `api_url` names the data plane's own "
+                "host; for a data plane with a private CA, set `ca_bundle` to its PEM file "
+                "(verification is never turned off)"
             )
-        code = _TLS_ERROR_CODE.search(str(exc))
-        reason = code[1] if code else type(exc).__name__
         return (
-            f"{_describe(request)}: TLS failed ({reason}). Check that `api_url` uses https "
-            "only where the data plane serves TLS, and `ca_bundle`"
+            f"{_describe(request)}: TLS failed ({error.reason or type(error).__name__}). "
+            "Check that `api_url` uses https only where the data plane serves TLS, and "
+            "`ca_bundle`"
         )
 
     def _server_text(self, response: requests.Response) -> str:

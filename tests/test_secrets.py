@@ -178,7 +178,7 @@ def test_a_tls_connection_cut_short_is_retried_not_blamed_on_trust(
             listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() so the thread ends
             thread.join(timeout=5)
     assert run.returncode == 1
-    assert run.stderr.count("(SSLError); retrying in") == 2
+    assert run.stderr.count("(SSLError); retrying in") == 2, run.stderr[-3000:]
     assert "got no usable answer (SSLError). Gave up after 3 tries" in run.stderr
     assert "verification" not in run.stderr
     assert len(accepted) == 3
