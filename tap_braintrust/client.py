@@ -83,16 +83,6 @@ PAGE_TOO_BIG_STATUSES = frozenset(
 )
 
 
-# What to do when a request failed on every try, by the last answer's status (0: any other).
-_GIVE_UP_ADVICE: dict[int, str] = {
-    HTTPStatus.TOO_MANY_REQUESTS: (
-        "Braintrust throttled every try; set `max_requests_per_minute` below the plan's "
-        "limit, or raise `max_tries` / `max_retry_after_seconds`"
-    ),
-    0: "try again later, or raise `max_tries` / `max_backoff_seconds` to ride out longer trouble",
-}
-
-
 class BraintrustError(FatalAPIError):
     """A failure the user must act on: the message says what to do and holds no secret."""
 
@@ -192,8 +182,8 @@ class RetryPolicy:
         """Seconds to wait after the `tries`-th failure.
 
         What the server's `Retry-After` says (capped) if that is longer, else full-jitter
-        exponential backoff:
-        a random wait up to 1, 2, 4, ... seconds, capped, so retries of many clients spread out.
+        exponential backoff: a random wait up to 1, 2, 4, ... seconds, capped, so the
+        retries of many clients spread out.
         """
         header = response.headers.get("Retry-After") if response is not None else None
         asked = min(retry_after_seconds(header, time.time()) or 0.0, self.max_retry_after_seconds)
@@ -311,15 +301,13 @@ class BraintrustStream(RESTStream[None]):
                 new size; None when it cannot shrink further.
         """
         max_tries = self.retry_policy.max_tries
-        reason = advice = ""
+        reason, status = "", None
         for tries in range(1, max_tries + 1):
             request = prepare()
             try:
                 return self._send(request, subject)
             except RetriableAPIError as exc:
                 reason, response = str(exc).rstrip("."), exc.response
-                last_status = response.status_code if response is not None else 0
-                advice = _GIVE_UP_ADVICE.get(last_status, _GIVE_UP_ADVICE[0])
             except _TRANSPORT_ERRORS as exc:
                 # requests' own text repeats the URL and urllib3 internals; this says what to do.
                 tls_error = _tls_cause(exc)
@@ -330,10 +318,6 @@ class BraintrustStream(RESTStream[None]):
                 reason, response = (
                     f"{_describe(request, subject)} got no usable answer ({type(exc).__name__})",
                     None,
-                )
-                advice = (
-                    "check `api_url` and the network, or raise `request_timeout` "
-                    f"({self.timeout} s) if answers are slow"
                 )
             status = response.status_code if response is not None else None
             smaller = shrink_page() if shrink_page and status in PAGE_TOO_BIG_STATUSES else None
@@ -358,8 +342,25 @@ class BraintrustStream(RESTStream[None]):
                 max_tries,
             )
             time.sleep(wait)
-        msg = f"{reason}. Gave up after {max_tries} tries; {advice}"
+        msg = f"{reason}. Gave up after {max_tries} tries; {self._give_up_advice(status)}"
         raise BraintrustError(msg)
+
+    def _give_up_advice(self, status: int | None) -> str:
+        """What to do about a request that failed every try, by its last answer's status."""
+        if status is None:
+            return (
+                "check `api_url` and the network, or raise `request_timeout` "
+                f"({self.timeout} s) if answers are slow"
+            )
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            return (
+                "Braintrust throttled every try: set `max_requests_per_minute` below the plan's "
+                "limit, or raise `max_tries` / `max_retry_after_seconds`"
+            )
+        return (
+            "try again later, or raise `max_tries` / `max_backoff_seconds` to ride out longer "
+            "trouble"
+        )
 
     def _send(self, request: requests.PreparedRequest, subject: str | None) -> Any:
         response = self.connection.send(request, self.timeout)
@@ -369,8 +370,8 @@ class BraintrustStream(RESTStream[None]):
         except ValueError as exc:
             msg = (
                 f"{_describe(request, subject)} answered {response.status_code} with a body "
-                "that is not "
-                "JSON: check that `api_url` is a Braintrust data plane, not the web app's URL"
+                "that is not JSON: check that `api_url` is a Braintrust data plane, not the "
+                "web app's URL"
             )
             raise RetriableAPIError(msg, response) from exc
 
@@ -523,8 +524,8 @@ class PageSize:
     """Rows asked for per `/btql` page, adapting to what the server can answer.
 
     Braintrust fails pages of big rows with 500/502/504/413, so a failed page is asked for
-    again at half the size (down to one row), and the size doubles back after a few pages
-    in a row succeed, never above the configured `page_size`. The rows are the same either
+    again at half the size (down to one row), and the size doubles back after `GROW_AFTER`
+    pages in a row succeed, never above the configured `page_size`. The rows are the same either
     way: the cursor marks a position, not a page number.
     """
 

@@ -252,7 +252,7 @@ NO_RETRY_WAIT = {"max_backoff_seconds": 0}
             {"max_tries": 4},
             (
                 "failed with 429 Too Many Requests. Braintrust said: Injected fault: HTTP 429. "
-                "Gave up after 4 tries; Braintrust throttled every try; set "
+                "Gave up after 4 tries; Braintrust throttled every try: set "
                 "`max_requests_per_minute` below the plan's limit"
             ),
         ),
