@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import API_KEY, TAP_EXECUTABLE, run_tap_in, tap_config
+from tests.conftest import API_KEY, run_tap_in, tap_config
 from tests.emulator import FaultRule
 from tests.throwaway_server import answer, serve
 
@@ -109,11 +108,10 @@ def test_every_config_problem_is_reported_at_once(run_tap: Callable[..., TapRun]
 NOT_JSON = "{'api_key': 'sk-single-quotes'}"
 
 
-def _catalog_with(change: Callable[[dict[str, Any]], object]) -> str:
+def _catalog_with(directory: Path, change: Callable[[dict[str, Any]], object]) -> str:
     """The tap's own catalog with one change applied, as file text."""
-    discovered = subprocess.run(
-        [TAP_EXECUTABLE, "--discover"], capture_output=True, text=True, check=True, timeout=60
-    )
+    discovered = run_tap_in(directory, None, "--discover")
+    assert discovered.returncode == 0, discovered.stderr
     catalog = json.loads(discovered.stdout)
     change(catalog)
     return json.dumps(catalog)
@@ -184,7 +182,11 @@ def _deselect_all(catalog: dict[str, Any]) -> None:
             ),
             "not a Singer catalog (KeyError: 'breadcrumb')",
         ),
-        ("--catalog", lambda: _catalog_with(_deselect_all), "the catalog selects no stream"),
+        (
+            "--catalog",
+            lambda directory: _catalog_with(directory, _deselect_all),
+            "the catalog selects no stream",
+        ),
     ],
     ids=[
         "config-not-json",
@@ -214,10 +216,10 @@ def _deselect_all(catalog: dict[str, Any]) -> None:
 def test_a_bad_file_is_named_with_what_to_fix(
     tmp_path: Path,
     option: str,
-    text: str | bytes | Callable[[], str],
+    text: str | bytes | Callable[[Path], str],
     message: str,
 ) -> None:
-    content = text() if callable(text) else text
+    content = text(tmp_path) if callable(text) else text
     path = tmp_path / "input.json"
     if isinstance(content, bytes):
         path.write_bytes(content)
