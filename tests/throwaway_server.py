@@ -19,17 +19,20 @@ def serve(
 ) -> Iterator[tuple[str, list[str]]]:
     """A throwaway HTTP server on loopback that answers every GET and POST with `respond`.
 
-    With `tls` (a server context holding its certificate) it speaks HTTPS instead.
+    The request body is read before `respond` is called and kept as `handler.body`. With
+    `tls` (a server context holding its certificate) it speaks HTTPS instead.
     """
     paths: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
+        body = b""
+
         def do_GET(self) -> None:
             paths.append(self.path)
             respond(self)
 
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))  # answers ignore it
+            self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.do_GET()
 
         def log_message(self, *args: object) -> None:

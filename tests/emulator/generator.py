@@ -491,12 +491,20 @@ def _big_log_row(store: Store, maker: _Maker, project_id: str) -> str:
     return str(trace[0]["id"])
 
 
-def generate_logs(
-    store: Store, project_id: str, n: int, *, seed: int = 7, row_bytes: int = 1500
+def generate_logs(  # noqa: PLR0913
+    store: Store,
+    project_id: str,
+    n: int,
+    *,
+    seed: int = 7,
+    row_bytes: int = 1500,
+    dataset_id: str | None = None,
 ) -> None:
     """Bulk log rows (traces of 1-3 spans) of about `row_bytes` of JSON each, 1000 per write.
 
-    Fast enough for benchmarks: 200,000 rows take seconds, not minutes.
+    Fast enough for benchmarks: 200,000 rows take seconds, not minutes. With `dataset_id`,
+    each row is also written to that dataset as a record (its `input`, `output` as
+    `expected`, `metadata` and `tags`), so a dataset reader sees the same payloads.
     """
     rng = random.Random(seed)
     end = float(int(store.clock()))
@@ -551,4 +559,18 @@ def generate_logs(
         made += spans
         if len(batch) >= 1000 or made >= n:
             store.insert_rows(source, project_id, batch)
+            if dataset_id is not None:
+                store.insert_rows("dataset", dataset_id, [_as_dataset_record(r) for r in batch])
             batch = []
+
+
+def _as_dataset_record(span: dict[str, Any]) -> dict[str, Any]:
+    """A log span as the dataset record a team would curate from it."""
+    return {
+        "id": span["id"],
+        "created": span["created"],
+        "input": span["input"],
+        "expected": span["output"],
+        "metadata": span["metadata"],
+        "tags": span["tags"],
+    }

@@ -45,6 +45,7 @@ from tests.emulator.store import (
     ROW_SOURCES,
     ObjectKind,
     Order,
+    OrderedRows,
     RowSource,
     Store,
     StoredRow,
@@ -79,6 +80,8 @@ _LIST_PARAMS: dict[ObjectKind, frozenset[str]] = {
     "dataset": _PROJECT_LIST_PARAMS | {"project_id", "dataset_name"},
 }
 _FETCH_PARAMS = frozenset({"limit", "cursor", "version"})
+# A view's rows grouped by trace, with each trace's cursor key (see Emulator._traces).
+_TraceCache = tuple[OrderedRows, list[list[StoredRow]], list[tuple[int, ...]]]
 _GARBAGE = b"<html><head><title>502 Bad Gateway</title></head><body>upstream hiccup</body></html>"
 
 
@@ -292,6 +295,7 @@ class Emulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._log_lock = threading.Lock()
+        self._trace_cache: _TraceCache | None = None
 
     @property
     def url(self) -> str:
@@ -708,12 +712,7 @@ class Emulator:
         limit = None if args.get("limit") is None else self._positive_int(args["limit"], "limit")
         as_of = None if args.get("version") is None else _xact_param(args["version"], "version")
         order: Order = (("_xact_id", True),)
-        rows = self.store.ordered(source, (object_id,), order, as_of=as_of).rows
-        traces: dict[str, list[StoredRow]] = {}
-        for row in rows:
-            traces.setdefault(row.row["root_span_id"], []).append(row)
-        ranked = list(traces.values())
-        keys = [order_key(trace[0], order) for trace in ranked]
+        ranked, keys = self._traces(self.store.ordered(source, (object_id,), order, as_of=as_of))
         start = (
             bisect_right(keys, _decode_cursor(args["cursor"], order)) if args.get("cursor") else 0
         )
@@ -729,6 +728,22 @@ class Emulator:
             + b"]"
             + (b"," + _json_bytes(tail)[1:] if tail else b"}"),
         )
+
+    def _traces(self, view: OrderedRows) -> tuple[list[list[StoredRow]], list[tuple[int, ...]]]:
+        """The view's rows grouped by trace, latest first, with each trace's cursor key.
+
+        Kept while the view is current (the store caches views until a write), so paging a
+        big dataset costs a bisect per page, as /btql does, not a regrouping.
+        """
+        cached = self._trace_cache
+        if cached is None or cached[0] is not view:
+            traces: dict[str, list[StoredRow]] = {}
+            for row in view.rows:
+                traces.setdefault(row.row["root_span_id"], []).append(row)
+            ranked = list(traces.values())
+            keys = [order_key(trace[0], (("_xact_id", True),)) for trace in ranked]
+            cached = self._trace_cache = (view, ranked, keys)
+        return cached[1], cached[2]
 
 
 @dataclass(frozen=True)

@@ -251,9 +251,17 @@ class StoredRow:
     _json: bytes | None = None
 
     def json_bytes(self) -> bytes:
-        """Compact UTF-8 JSON of the row (cached: rows are immutable once resolved)."""
+        """Compact UTF-8 JSON of the row (cached: rows are immutable once resolved).
+
+        Text with a lone surrogate (cut mid-character by a JavaScript client) has no UTF-8
+        form; such a row goes out with `\\u` escapes, as the service's JSON encoder writes it.
+        """
         if self._json is None:
-            self._json = json.dumps(self.row, ensure_ascii=False, separators=(",", ":")).encode()
+            try:
+                text = json.dumps(self.row, ensure_ascii=False, separators=(",", ":"))
+                self._json = text.encode()
+            except UnicodeEncodeError:
+                self._json = json.dumps(self.row, separators=(",", ":")).encode()
         return self._json
 
 
