@@ -6,9 +6,11 @@ secret redaction are decided once, here.
 
 from __future__ import annotations
 
+import json
 import math
 import ssl
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import timezone
@@ -20,10 +22,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import backoff
+import msgspec
 import requests
 from singer_sdk import RESTStream
 from singer_sdk.authenticators import BearerTokenAuthenticator
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+from singer_sdk.helpers.conform import TypeConformanceLevel
 
 from tap_braintrust.incremental import parse_xact_id
 from tap_braintrust.timestamps import normalize_timestamp
@@ -34,7 +38,7 @@ else:
     from typing_extensions import override
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Generator, Iterable, Mapping
 
     from singer_sdk import Tap
     from singer_sdk.helpers.types import Context
@@ -85,6 +89,10 @@ PAGE_TOO_BIG_STATUSES = frozenset(
 
 class BraintrustError(FatalAPIError):
     """A failure the user must act on: the message says what to do and holds no secret."""
+
+
+class RequestAbandonedError(Exception):
+    """A request given up between tries because its answer is no longer wanted."""
 
 
 # Failures of the connection itself, retried like a 5xx.
@@ -139,6 +147,22 @@ def _describe(request: requests.PreparedRequest, subject: str | None = None) -> 
 def redact(text: str, api_key: object) -> str:
     """`text` without the API key (a server may echo it back)."""
     return text.replace(api_key, "<api_key>") if isinstance(api_key, str) and api_key else text
+
+
+_DECODER = msgspec.json.Decoder()
+
+
+def decode_json(body: bytes) -> Any:
+    """A JSON body, decoded several times faster than by the standard library.
+
+    msgspec refuses a few things JSON text may hold: a lone surrogate escape (text cut
+    mid-character upstream) and numbers beyond a float's range. The standard library reads
+    those, so no answer it would accept is refused; ValueError if the body is not JSON.
+    """
+    try:
+        return _DECODER.decode(body)
+    except msgspec.DecodeError:
+        return json.loads(body)
 
 
 def retry_after_seconds(header: str | None, now: float) -> float | None:
@@ -225,6 +249,10 @@ class Connection:
 class BraintrustStream(RESTStream[None]):
     """Base of every stream: Bearer auth, org header, timeouts, retries and actionable errors."""
 
+    # Records are decoded JSON, so already of JSON's types: the SDK's pass over every value
+    # would cost more than reading them. Fields outside the schema are dropped in post_process.
+    TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
+
     def __init__(self, tap: Tap, connection: Connection) -> None:
         """A stream of `tap` that sends through the run's shared `connection`."""
         self.connection = connection
@@ -291,6 +319,8 @@ class BraintrustStream(RESTStream[None]):
         *,
         subject: str | None = None,
         shrink_page: Callable[[], int | None] | None = None,
+        abandoned: threading.Event | None = None,
+        decode: Callable[[bytes], Any] = decode_json,
     ) -> Any:
         """Send a request, retrying transient failures, and return its decoded JSON body.
 
@@ -299,13 +329,16 @@ class BraintrustStream(RESTStream[None]):
             subject: what is asked for (the query), named in logs and errors.
             shrink_page: halves the page size after a page-too-big failure and returns the
                 new size; None when it cannot shrink further.
+            abandoned: set when nobody waits for the answer any more, which ends the
+                retrying (raising RequestAbandonedError).
+            decode: reads the body; a ValueError means it is not JSON (retried).
         """
         max_tries = self.retry_policy.max_tries
         reason, status = "", None
         for tries in range(1, max_tries + 1):
             request = prepare()
             try:
-                return self._send(request, subject)
+                return self._send(request, subject, decode)
             except RetriableAPIError as exc:
                 reason, response = str(exc).rstrip("."), exc.response
             except _TRANSPORT_ERRORS as exc:
@@ -341,7 +374,8 @@ class BraintrustStream(RESTStream[None]):
                 tries + 1,
                 max_tries,
             )
-            time.sleep(wait)
+            if (abandoned or threading.Event()).wait(wait):  # a sleep that `abandoned` ends
+                raise RequestAbandonedError(reason)
         msg = f"{reason}. Gave up after {max_tries} tries; {self._give_up_advice(status)}"
         raise BraintrustError(msg)
 
@@ -362,11 +396,16 @@ class BraintrustStream(RESTStream[None]):
             "trouble"
         )
 
-    def _send(self, request: requests.PreparedRequest, subject: str | None) -> Any:
+    def _send(
+        self,
+        request: requests.PreparedRequest,
+        subject: str | None,
+        decode: Callable[[bytes], Any],
+    ) -> Any:
         response = self.connection.send(request, self.timeout)
         self.validate_response(response, subject)
         try:
-            return response.json()
+            return decode(response.content)
         except ValueError as exc:
             msg = (
                 f"{_describe(request, subject)} answered {response.status_code} with a body "
@@ -432,6 +471,31 @@ class BraintrustStream(RESTStream[None]):
         """Remove the API key from text that leaves the tap (a server may echo it)."""
         return redact(text, self.config.get("api_key"))
 
+    @override
+    def post_process(
+        self, row: dict[str, Any], context: Context | None = None
+    ) -> dict[str, Any] | None:
+        if unknown := row.keys() - self._schema_fields:
+            # A field Braintrust added since this schema: targets would drop it anyway.
+            if not unknown <= self._reported_unknown_fields:
+                self._reported_unknown_fields.update(unknown)
+                self.logger.warning(
+                    "%s: Braintrust sent fields the schema does not have, left out: %s",
+                    self.name,
+                    ", ".join(sorted(unknown)),
+                )
+            for name in unknown:
+                del row[name]
+        return row
+
+    @cached_property
+    def _schema_fields(self) -> frozenset[str]:
+        return frozenset(self.schema["properties"])
+
+    @cached_property
+    def _reported_unknown_fields(self) -> set[str]:
+        return set()
+
 
 class ObjectListingStream(BraintrustStream):
     """A `/v1/<object>` listing: full table, paged with `starting_after` until an empty page."""
@@ -478,7 +542,7 @@ class ObjectListingStream(BraintrustStream):
         for field in self.timestamp_fields:
             if field in row:
                 row[field] = normalize_timestamp(row[field])
-        return row
+        return super().post_process(row, context)
 
     def _objects(self, body: Any) -> list[dict[str, Any]]:
         objects = body.get("objects") if isinstance(body, dict) else None
@@ -502,6 +566,61 @@ class ObjectListingStream(BraintrustStream):
             raise BraintrustError(msg)
         seen.add(cursor)
         return cursor
+
+
+READ_FIELDS = frozenset({"id", "_xact_id", "created"})
+"""The row fields the tap itself reads, decoded even when the others pass through as text."""
+_FIELD_DEPTH = 2
+"""Length of a top-level field's breadcrumb, ("properties", name); longer is a nested one."""
+# Settings whose SDK features work on decoded record values.
+_SETTINGS_NEEDING_VALUES = ("batch_config", "stream_maps", "flattening_enabled")
+
+
+class _RawAnswer(msgspec.Struct):
+    """A `/btql` answer whose rows keep every field as the JSON text Braintrust sent."""
+
+    data: list[dict[str, msgspec.Raw]]
+    cursor: str | None = None
+    freshness_state: Any = None
+
+
+_RAW_ANSWER = msgspec.json.Decoder(_RawAnswer)
+
+
+class Prefetch:
+    """One page fetched in a background thread while the caller works on the previous one.
+
+    The thread is a daemon and `abandon()` ends its retrying, so a run that stops early
+    (an error, a record limit) neither waits for nor keeps retrying a page nobody reads.
+    """
+
+    def __init__(self, fetch: Callable[[threading.Event], BtqlPage]) -> None:
+        """Start fetching at once."""
+        self._abandoned = threading.Event()
+        self._page: BtqlPage | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(fetch,), name="tap-braintrust-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, fetch: Callable[[threading.Event], BtqlPage]) -> None:
+        try:
+            self._page = fetch(self._abandoned)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> BtqlPage:
+        """The page, once it has arrived; raises what fetching it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._page is not None  # noqa: S101 - the thread set one or the other
+        return self._page
+
+    def abandon(self) -> None:
+        """Stop retrying; the page will not be asked for."""
+        self._abandoned.set()
 
 
 @dataclass(frozen=True)
@@ -564,41 +683,82 @@ class BtqlStream(BraintrustStream):
         """The stream's adaptive page size, kept from one object's rows to the next."""
         return PageSize(int(self.config["page_size"]))
 
-    def query_pages(self, query: RowsQuery, context: Context | None) -> Iterator[BtqlPage]:
+    def query_pages(
+        self, query: RowsQuery, context: Context | None
+    ) -> Generator[BtqlPage, None, None]:
         """Every page of `query`, until a page comes without a cursor.
 
+        Each page's successor is asked for as soon as the page arrives, so Braintrust builds
+        and sends it while this page's rows are written; never more than one request is out.
         A short page is not the end (pages are cut by size); a cursor seen twice is a loop.
         """
         seen_cursors: set[str] = set()
-        cursor: str | None = None
-        with self.get_http_request_counter() as request_counter:
-            request_counter.with_context(context)
-            while True:
-                answer = self.fetch_json(
-                    partial(self._page_request, query, cursor),
-                    subject=query.describe(),
-                    shrink_page=self.page_size.shrink,
-                )
-                request_counter.increment()
-                self.page_size.succeeded()
-                page = self._page(answer, query)
-                yield page
-                if page.cursor is None:
-                    return
-                if page.cursor in seen_cursors:
-                    msg = (
-                        f"POST {self.url_base}/btql answered the same cursor twice for "
-                        f"{query.describe()}; stopping instead of looping"
-                    )
-                    raise BraintrustError(msg)
-                seen_cursors.add(page.cursor)
-                cursor = page.cursor
+        upcoming = Prefetch(partial(self._fetch_page, query, None))
+        try:
+            with self.get_http_request_counter() as request_counter:
+                request_counter.with_context(context)
+                while True:
+                    page = upcoming.result()
+                    request_counter.increment()
+                    looping = page.cursor in seen_cursors
+                    if page.cursor is not None and not looping:
+                        seen_cursors.add(page.cursor)
+                        upcoming = Prefetch(partial(self._fetch_page, query, page.cursor))
+                    yield page
+                    if page.cursor is None:
+                        return
+                    if looping:
+                        msg = (
+                            f"POST {self.url_base}/btql answered the same cursor twice for "
+                            f"{query.describe()}; stopping instead of looping"
+                        )
+                        raise BraintrustError(msg)
+        finally:
+            upcoming.abandon()  # the reader stopped early: the next page is not wanted
+
+    def _fetch_page(
+        self, query: RowsQuery, cursor: str | None, abandoned: threading.Event
+    ) -> BtqlPage:
+        page: BtqlPage = self.fetch_json(
+            partial(self._page_request, query, cursor),
+            subject=query.describe(),
+            shrink_page=self.page_size.shrink,
+            abandoned=abandoned,
+            decode=partial(self._decode_page, query),
+        )
+        self.page_size.succeeded()
+        return page
 
     def _page_request(self, query: RowsQuery, cursor: str | None) -> requests.PreparedRequest:
         body = replace(query, limit=self.page_size.current).body(cursor)
         return self.prepare("POST", "/btql", body=body)
 
-    def _page(self, answer: Any, query: RowsQuery) -> BtqlPage:
+    @cached_property
+    def passes_json_through(self) -> bool:
+        """Whether row fields may go out as the JSON text Braintrust sent, never decoded.
+
+        That skips building (and the SDK walking) every nested value, and keeps each value
+        byte for byte. Only this tap's writer emits such text as it is: BATCH files, stream
+        maps and flattening need decoded values, and so does deselecting a nested field.
+        """
+        if any(self.config.get(name) for name in _SETTINGS_NEEDING_VALUES):
+            return False
+        return all(selected for crumb, selected in self.mask.items() if len(crumb) > _FIELD_DEPTH)
+
+    def _decode_page(self, query: RowsQuery, body: bytes) -> BtqlPage:
+        if self.passes_json_through:
+            try:
+                answer = _RAW_ANSWER.decode(body)
+            except msgspec.ValidationError as exc:
+                raise BraintrustError(self._not_a_page(query)) from exc
+            except msgspec.DecodeError:
+                pass  # JSON only the standard library reads (see decode_json): decode it all
+            else:
+                for row in answer.data:
+                    for name in READ_FIELDS & row.keys():
+                        row[name] = _DECODER.decode(row[name])
+                return self._page(answer.data, answer.cursor, answer.freshness_state)
+        answer = decode_json(body)
         data = answer.get("data") if isinstance(answer, dict) else None
         cursor = answer.get("cursor") if isinstance(answer, dict) else None
         if (
@@ -606,15 +766,20 @@ class BtqlStream(BraintrustStream):
             or not all(isinstance(row, dict) for row in data)
             or not isinstance(cursor, (str, type(None)))
         ):
-            msg = (
-                f"POST {self.url_base}/btql answered {query.describe()} without a `data` list "
-                "of rows (and an optional string `cursor`); is `api_url` a Braintrust data plane?"
-            )
-            raise BraintrustError(msg)
-        freshness = answer.get("freshness_state")
+            raise BraintrustError(self._not_a_page(query))
+        return self._page(data, cursor, answer.get("freshness_state"))
+
+    def _not_a_page(self, query: RowsQuery) -> str:
+        return (
+            f"POST {self.url_base}/btql answered {query.describe()} without a `data` list "
+            "of rows (and an optional string `cursor`); is `api_url` a Braintrust data plane?"
+        )
+
+    @staticmethod
+    def _page(rows: list[dict[str, Any]], cursor: str | None, freshness: Any) -> BtqlPage:
         processed = (
             parse_xact_id(freshness.get("last_processed_xact_id"))
             if isinstance(freshness, dict)
             else None
         )
-        return BtqlPage(data, cursor or None, processed)
+        return BtqlPage(rows, cursor or None, processed)

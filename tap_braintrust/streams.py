@@ -260,7 +260,7 @@ class EventStream(BtqlStream):
         if problem:
             msg = f"{self.name}: row {row.get('id')!r} has an unreadable `created`: {problem}"
             raise BraintrustError(msg)
-        return row
+        return super().post_process(row, context)
 
     @override
     def get_replication_key_signpost(self, context: Context | None = None) -> Any:

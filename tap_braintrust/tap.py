@@ -21,6 +21,7 @@ from tap_braintrust import streams
 from tap_braintrust.client import BraintrustStream, Connection, redact
 from tap_braintrust.inputs import InputFileError, check_catalog, check_state, read_json_object
 from tap_braintrust.timestamps import parse_timestamp
+from tap_braintrust.writer import BufferedMessageWriter
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -38,10 +39,15 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
+PREFETCH_SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits for it, during a run."""
+
+
 class TapBraintrust(Tap):
     """Singer tap for Braintrust projects, experiments, datasets and their rows."""
 
     name = "tap-braintrust"
+    message_writer_class = BufferedMessageWriter
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -216,6 +222,10 @@ class TapBraintrust(Tap):
                 check=lambda parsed: check_catalog(parsed, names),
             )
             catalog = io.StringIO(text)
+        # The thread that fetches the next page needs the GIL for a moment after every read
+        # from the socket; at the default 5 ms switch interval it waits that long behind the
+        # thread writing records each time, and the two stop overlapping (about 20% slower).
+        sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)
         try:
             super().invoke(state=state, catalog=catalog, **kwargs)
         except FatalAPIError as exc:
