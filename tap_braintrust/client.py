@@ -231,6 +231,7 @@ class Connection:
         per_minute = config.get("max_requests_per_minute")
         self._interval = 60.0 / per_minute if per_minute else 0.0
         self._next_slot = 0.0
+        self._pacing = threading.Lock()
 
     def send(self, request: requests.PreparedRequest, timeout: float) -> requests.Response:
         """Send one request when its turn comes; redirects are not followed.
@@ -239,10 +240,11 @@ class Connection:
         Authorization header to another host.
         """
         if self._interval:
-            if (early := self._next_slot - time.monotonic()) > 0:
-                time.sleep(early)
-            # From when this request really goes out, so an oversleep never shortens a gap.
-            self._next_slot = time.monotonic() + self._interval
+            with self._pacing:  # an abandoned prefetch may still be sending
+                if (early := self._next_slot - time.monotonic()) > 0:
+                    time.sleep(early)
+                # From when this request really goes out, so an oversleep never shortens a gap.
+                self._next_slot = time.monotonic() + self._interval
         return self.session.send(request, timeout=timeout, allow_redirects=False)
 
 
@@ -250,7 +252,8 @@ class BraintrustStream(RESTStream[None]):
     """Base of every stream: Bearer auth, org header, timeouts, retries and actionable errors."""
 
     # Records are decoded JSON, so already of JSON's types: the SDK's pass over every value
-    # would cost more than reading them. Fields outside the schema are dropped in post_process.
+    # cost more than reading them. It also turned 0/1 into booleans where the schema says
+    # boolean; Braintrust sends true/false. Fields outside the schema go in post_process.
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
     def __init__(self, tap: Tap, connection: Connection) -> None:
@@ -689,7 +692,8 @@ class BtqlStream(BraintrustStream):
         """Every page of `query`, until a page comes without a cursor.
 
         Each page's successor is asked for as soon as the page arrives, so Braintrust builds
-        and sends it while this page's rows are written; never more than one request is out.
+        and sends it while this page's rows are written: one request out at a time (only a
+        page abandoned mid-request, when the reader stops early, may still be finishing).
         A short page is not the end (pages are cut by size); a cursor seen twice is a loop.
         """
         seen_cursors: set[str] = set()
@@ -756,7 +760,7 @@ class BtqlStream(BraintrustStream):
             else:
                 for row in answer.data:
                     for name in READ_FIELDS & row.keys():
-                        row[name] = _DECODER.decode(row[name])
+                        row[name] = decode_json(row[name])
                 return self._page(answer.data, answer.cursor, answer.freshness_state)
         answer = decode_json(body)
         data = answer.get("data") if isinstance(answer, dict) else None

@@ -35,6 +35,11 @@ def _other_types(value: Any) -> Any:
 _ENCODER = msgspec.json.Encoder(enc_hook=_other_types, decimal_format="number")
 
 
+def _value(field: Any) -> Any:
+    """A record field as a Python value, also when it was kept as the JSON text received."""
+    return msgspec.json.decode(field) if isinstance(field, msgspec.Raw) else field
+
+
 class BufferedMessageWriter(GenericSingerWriter[bytes, Message]):
     """Writes Singer messages to stdout in large blocks."""
 
@@ -74,5 +79,8 @@ class BufferedMessageWriter(GenericSingerWriter[bytes, Message]):
             return _ENCODER.encode(payload)
         except UnicodeEncodeError:
             # A lone surrogate (text cut mid-character upstream) has no UTF-8 form; simplejson
-            # writes it as a \ud83d escape, so the value reaches the target unchanged.
+            # writes it as a \ud83d escape, so the value reaches the target unchanged. It
+            # knows nothing of fields kept as JSON text, so those are decoded first.
+            if isinstance(record := payload.get("record"), dict):
+                payload = {**payload, "record": {k: _value(v) for k, v in record.items()}}
             return serialize_json(payload).encode()

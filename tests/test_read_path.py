@@ -9,7 +9,9 @@ request out, and no retrying once nobody wants the page.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import threading
 import time
@@ -17,10 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
+from singer_sdk.singerlib import RecordMessage
 
 from tap_braintrust.streams import ProjectLogsStream
 from tap_braintrust.tap import TapBraintrust
+from tap_braintrust.writer import BufferedMessageWriter
 from tests.conftest import API_KEY, select_only, tap_config
 from tests.emulator import running_emulator
 from tests.throwaway_server import answer, serve
@@ -217,3 +222,14 @@ def test_pages_are_fetched_one_at_a_time_and_an_abandoned_one_stops_retrying() -
         time.sleep(1.0)
         assert len(paths) == asked, "the abandoned page was still being retried"
         assert asked == 6 + 2 + 1  # pages 0 and 1, and one try of page 2
+
+
+def test_the_writer_escapes_a_lone_surrogate_beside_fields_kept_as_text() -> None:
+    writer = BufferedMessageWriter()
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    record = {"output": msgspec.Raw(b'{"x":1.0,"n":[2]}'), "note": CUT_TEXT}
+    with contextlib.redirect_stdout(out):
+        writer.write_message(RecordMessage(stream="project_logs", record=record))
+        writer.flush()
+    out.seek(0)
+    assert json.loads(out.read())["record"] == {"output": {"x": 1.0, "n": [2]}, "note": CUT_TEXT}
