@@ -622,7 +622,7 @@ class Prefetch:
         return self._page
 
     def abandon(self) -> None:
-        """Stop retrying; the page will not be asked for."""
+        """Nobody will read the page: no further try (one already sent may still finish)."""
         self._abandoned.set()
 
 
@@ -756,13 +756,16 @@ class BtqlStream(BraintrustStream):
             except msgspec.ValidationError as exc:
                 raise BraintrustError(self._not_a_page(query)) from exc
             except msgspec.DecodeError:
-                pass  # JSON only the standard library reads (see decode_json): decode it all
+                # JSON only the standard library reads (see decode_json), or not JSON at all
+                # (ValueError, retried): decoded in full, without asking msgspec again.
+                answer = json.loads(body)
             else:
                 for row in answer.data:
                     for name in READ_FIELDS & row.keys():
                         row[name] = decode_json(row[name])
                 return self._page(answer.data, answer.cursor, answer.freshness_state)
-        answer = decode_json(body)
+        else:
+            answer = decode_json(body)
         data = answer.get("data") if isinstance(answer, dict) else None
         cursor = answer.get("cursor") if isinstance(answer, dict) else None
         if (

@@ -35,9 +35,20 @@ def _other_types(value: Any) -> Any:
 _ENCODER = msgspec.json.Encoder(enc_hook=_other_types, decimal_format="number")
 
 
-def _value(field: Any) -> Any:
-    """A record field as a Python value, also when it was kept as the JSON text received."""
-    return msgspec.json.decode(field) if isinstance(field, msgspec.Raw) else field
+def _escaped(payload: dict[str, Any]) -> bytes:
+    r"""A message holding a lone surrogate (text cut mid-character upstream), as text.
+
+    Such text has no UTF-8 form: simplejson writes it as a \ud83d escape, so the value
+    reaches the target unchanged. It knows nothing of fields kept as JSON text, so those are
+    decoded first.
+    """
+    if isinstance(record := payload.get("record"), dict):
+        record = {
+            k: msgspec.json.decode(v) if isinstance(v, msgspec.Raw) else v
+            for k, v in record.items()
+        }
+        payload = {**payload, "record": record}
+    return serialize_json(payload).encode()
 
 
 class BufferedMessageWriter(GenericSingerWriter[bytes, Message]):
@@ -59,8 +70,8 @@ class BufferedMessageWriter(GenericSingerWriter[bytes, Message]):
         try:
             _ENCODER.encode_into(payload, self._buffer, -1)
         except UnicodeEncodeError:
-            del self._buffer[end:]
-            self._buffer += self._encode(payload)
+            del self._buffer[end:]  # msgspec leaves what it wrote before failing
+            self._buffer += _escaped(payload)
         self._buffer += b"\n"
         if message.type == SingerMessageType.STATE or len(self._buffer) >= FLUSH_BYTES:
             self.flush()
@@ -78,9 +89,4 @@ class BufferedMessageWriter(GenericSingerWriter[bytes, Message]):
         try:
             return _ENCODER.encode(payload)
         except UnicodeEncodeError:
-            # A lone surrogate (text cut mid-character upstream) has no UTF-8 form; simplejson
-            # writes it as a \ud83d escape, so the value reaches the target unchanged. It
-            # knows nothing of fields kept as JSON text, so those are decoded first.
-            if isinstance(record := payload.get("record"), dict):
-                payload = {**payload, "record": {k: _value(v) for k, v in record.items()}}
-            return serialize_json(payload).encode()
+            return _escaped(payload)

@@ -712,7 +712,8 @@ class Emulator:
         limit = None if args.get("limit") is None else self._positive_int(args["limit"], "limit")
         as_of = None if args.get("version") is None else _xact_param(args["version"], "version")
         order: Order = (("_xact_id", True),)
-        ranked, keys = self._traces(self.store.ordered(source, (object_id,), order, as_of=as_of))
+        view = self.store.ordered(source, (object_id,), order, as_of=as_of)
+        ranked, keys = self._traces(view, order)
         start = (
             bisect_right(keys, _decode_cursor(args["cursor"], order)) if args.get("cursor") else 0
         )
@@ -729,7 +730,9 @@ class Emulator:
             + (b"," + _json_bytes(tail)[1:] if tail else b"}"),
         )
 
-    def _traces(self, view: OrderedRows) -> tuple[list[list[StoredRow]], list[tuple[int, ...]]]:
+    def _traces(
+        self, view: OrderedRows, order: Order
+    ) -> tuple[list[list[StoredRow]], list[tuple[int, ...]]]:
         """The view's rows grouped by trace, latest first, with each trace's cursor key.
 
         Kept while the view is current (the store caches views until a write), so paging a
@@ -741,7 +744,7 @@ class Emulator:
             for row in view.rows:
                 traces.setdefault(row.row["root_span_id"], []).append(row)
             ranked = list(traces.values())
-            keys = [order_key(trace[0], (("_xact_id", True),)) for trace in ranked]
+            keys = [order_key(trace[0], order) for trace in ranked]
             cached = self._trace_cache = (view, ranked, keys)
         return cached[1], cached[2]
 
