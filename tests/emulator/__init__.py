@@ -3,16 +3,24 @@
 from tests.emulator.btql import BTQLError, parse_query
 from tests.emulator.faults import FaultInjector, FaultRule
 from tests.emulator.generator import Demo, generate_demo, generate_logs
-from tests.emulator.server import Emulator, LoggedRequest, running_emulator
+from tests.emulator.server import (
+    OBJECT_STORE_BUCKET,
+    Emulator,
+    LoggedRequest,
+    ObjectStore,
+    running_emulator,
+)
 from tests.emulator.store import Store
 
 __all__ = [
+    "OBJECT_STORE_BUCKET",
     "BTQLError",
     "Demo",
     "Emulator",
     "FaultInjector",
     "FaultRule",
     "LoggedRequest",
+    "ObjectStore",
     "Store",
     "generate_demo",
     "generate_logs",

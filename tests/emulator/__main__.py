@@ -1,7 +1,8 @@
 """Run the emulator by hand: `python -m tests.emulator --port 8787 --demo [--seed 7] [--api-key K]`.
 
 Useful for pointing the tap (or Meltano) at a local Braintrust while developing; it serves until
-SIGINT or SIGTERM and then shuts down cleanly.
+SIGINT or SIGTERM and then shuts down cleanly. `--overflow-bytes N` redirects bigger /btql
+answers to the object store; `--btql-rate-limit 20/60` answers 429 past 20 /btql requests a minute.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import argparse
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
-from tests.emulator.server import Emulator
+from tests.emulator.server import Emulator, OverflowCursor
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -32,6 +33,25 @@ def main(argv: list[str] | None = None) -> int:
         default=2_000_000,
         help="a /btql page stops before its rows pass this many bytes",
     )
+    parser.add_argument(
+        "--overflow-bytes",
+        type=int,
+        default=None,
+        help="answer /btql bodies bigger than this with a 303 to the object store",
+    )
+    parser.add_argument(
+        "--overflow-cursor",
+        choices=get_args(OverflowCursor),
+        default="body",
+        help="where a redirected answer carries its cursor",
+    )
+    parser.add_argument(
+        "--btql-rate-limit",
+        type=rate_limit,
+        default=None,
+        metavar="N/SECONDS",
+        help="answer 429 past N /btql requests in a rolling window of SECONDS",
+    )
     args = parser.parse_args(argv)
     stopping = threading.Event()
 
@@ -45,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         org_name=args.org_name,
         port=args.port,
         page_byte_budget=args.page_byte_budget,
+        overflow_bytes=args.overflow_bytes,
+        overflow_cursor=args.overflow_cursor,
+        btql_rate_limit=args.btql_rate_limit,
     )
     with emulator:
         if args.demo:
@@ -53,10 +76,25 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"demo data: {len(demo.projects)} projects, {rows} rows (seed {args.seed})")
         _say(f"Braintrust emulator listening on {emulator.url}")
         _say(f"api key: {args.api_key}  (org {args.org_name!r}; Ctrl-C to stop)")
+        if args.overflow_bytes is not None:
+            _say(f"object store (overflow redirects) on {emulator.object_store_url}")
         while not stopping.wait(0.5):
             pass
     _say("stopped")
     return 0
+
+
+def rate_limit(text: str) -> tuple[int, float]:
+    """Read `N/SECONDS` (e.g. `20/60`) as (requests, window seconds)."""
+    requests, slash, seconds = text.partition("/")
+    try:
+        limit = (int(requests), float(seconds))
+    except ValueError:
+        limit = (0, 0.0)
+    if not slash or limit[0] < 1 or not limit[1] > 0:
+        msg = f"expected N/SECONDS with N >= 1 and SECONDS > 0, e.g. 20/60; got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return limit
 
 
 def _say(line: str) -> None:

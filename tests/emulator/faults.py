@@ -19,7 +19,8 @@ class FaultRule:
 
     Args:
         kind: the fault to inject.
-        path: only requests to this path (or below it); None matches every path.
+        path: only requests to this path (or below it); None matches every path, the overflow
+            object store's included. `"/bt-overflow"` (its bucket) targets only the object store.
         status: the HTTP status of a `status` fault.
         retry_after: the Retry-After header of a `status` fault (seconds or an HTTP date).
         retry_after_as_date: send an integer `retry_after` as the HTTP date that many

@@ -3,7 +3,9 @@
 It answers the way the API contract (shared/braintrust-api.md) says the service does (auth,
 strict listings, /btql with its cursor and byte-budget paging, the legacy fetch endpoints the
 official SDK uses), so a client that works here has been held to the contract rather than
-to a lenient stub.
+to a lenient stub. Two opt-in behaviours of the hosted service are emulated too: big /btql
+answers redirected (303) to pre-signed object-storage URLs served by a second loopback server
+(`ObjectStore`), and the rolling-window /btql rate limit (429).
 """
 
 from __future__ import annotations
@@ -12,18 +14,23 @@ import base64
 import binascii
 import contextlib
 import gzip
+import hmac
 import json
+import math
+import secrets
 import socket
 import sys
 import threading
 import time
 import traceback
 from bisect import bisect_right
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import formatdate
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from tests.emulator.btql import (
@@ -82,17 +89,34 @@ _LIST_PARAMS: dict[ObjectKind, frozenset[str]] = {
 _FETCH_PARAMS = frozenset({"limit", "cursor", "version"})
 # A view's rows grouped by trace, with each trace's cursor key (see Emulator._traces).
 _TraceCache = tuple[OrderedRows, list[list[StoredRow]], list[tuple[int, ...]]]
+Host = Literal["api", "object_store"]
+"""Which of the emulator's servers a request reached (`LoggedRequest.host`)."""
+OverflowCursor = Literal["body", "header", "meta_underscore", "meta_dash"]
+"""Where a redirected /btql answer carries its cursor (see `Emulator`)."""
+OBJECT_STORE_BUCKET = "bt-overflow"
+"""The object store's only bucket: `FaultRule(path="/bt-overflow")` targets its requests."""
+_META_CURSOR_HEADERS: dict[OverflowCursor, str] = {
+    "meta_underscore": "x-amz-meta-bt_cursor",
+    "meta_dash": "x-amz-meta-bt-cursor",
+}
+_TWO_AUTH_MESSAGE = (
+    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query"
+    " string parameter or the Authorization header should be specified"
+)
 _GARBAGE = b"<html><head><title>502 Bad Gateway</title></head><body>upstream hiccup</body></html>"
 
 
 class ApiError(Exception):
     """An error answer: the status and the `Message` the service would send."""
 
-    def __init__(self, status: int, message: str) -> None:
-        """Keep the status next to the message."""
+    def __init__(
+        self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        """Keep the status (and any extra headers, e.g. Retry-After) next to the message."""
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -101,7 +125,8 @@ class LoggedRequest:
 
     `time` is when the request arrived (wall clock); `headers` keys are lower-case;
     `status` is None when a `drop` fault sent nothing; `fault` names the injected fault
-    kind, if any; `response_headers` are the extra headers of the answer (e.g. Retry-After).
+    kind, if any; `response_headers` are the extra headers of the answer (e.g. Retry-After,
+    Location); `host` is "object_store" for requests to the overflow object store.
     """
 
     time: float
@@ -113,15 +138,16 @@ class LoggedRequest:
     status: int | None
     fault: str | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    host: Host = "api"
 
 
 @dataclass(frozen=True)
 class Response:
-    """An answer before transport encoding (gzip, truncation)."""
+    """An answer before transport encoding (gzip, truncation); no content type for no body."""
 
     status: int
     body: bytes
-    content_type: str = "application/json"
+    content_type: str | None = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -262,6 +288,16 @@ class Emulator:
         limit_over_cap: a /btql limit above 1000 is clamped or answered with a 400.
         clock: unix seconds, for `created`, `_xact_id` and `now()`.
         fault_seed: seeds the RNG of probabilistic faults.
+        report_freshness: False leaves `freshness_state` out of /btql answers.
+        overflow_bytes: a 200 /btql answer whose body passes this many bytes is stored in the
+            object store and answered `303 See Other` to its pre-signed URL; None: never.
+        overflow_cursor: where a redirected answer's cursor goes: "body" (the stored JSON, and
+            `x-bt-cursor` on the 303), "header" (only `x-bt-cursor` on the 303), "meta_underscore"
+            / "meta_dash" (only the object store's `x-amz-meta-bt_cursor` / `x-amz-meta-bt-cursor`).
+        overflow_url_ttl: seconds (time.monotonic) a pre-signed URL works; then 403.
+        btql_rate_limit: (requests, window seconds): a /btql request finding that many requests
+            let through in the last window seconds (time.monotonic) is answered 429; None: no limit.
+        rate_limit_retry_after: whether those 429s carry `Retry-After`.
     """
 
     def __init__(  # noqa: PLR0913
@@ -275,16 +311,33 @@ class Emulator:
         clock: Callable[[], float] = time.time,
         fault_seed: int = 0,
         report_freshness: bool = True,
+        overflow_bytes: int | None = None,
+        overflow_cursor: OverflowCursor = "body",
+        overflow_url_ttl: float = 300.0,
+        btql_rate_limit: tuple[int, float] | None = None,
+        rate_limit_retry_after: bool = True,
     ) -> None:
         """Configure; nothing listens until `start()`.
 
         `report_freshness=False` leaves `freshness_state` out of /btql answers: the contract
-        does not promise it, so a client must stay correct without it.
+        does not promise it, so a client must stay correct without it. Overflow redirects and
+        the rate limit are off by default; the contract says clients must handle both.
         """
+        if overflow_bytes is not None and overflow_bytes < 0:
+            msg = "overflow_bytes must be at least 0 (or None for no redirects)"
+            raise ValueError(msg)
+        if overflow_cursor not in {"body", "header", *_META_CURSOR_HEADERS}:
+            msg = f"unknown overflow_cursor {overflow_cursor!r}"
+            raise ValueError(msg)
         self.api_key = api_key
         self.report_freshness = report_freshness
         self.page_byte_budget = page_byte_budget
         self.limit_over_cap = limit_over_cap
+        self.overflow_bytes = overflow_bytes
+        self.overflow_cursor: OverflowCursor = overflow_cursor
+        self.object_store = ObjectStore(overflow_url_ttl) if overflow_bytes is not None else None
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self._btql_limiter = None if btql_rate_limit is None else RateLimiter(*btql_rate_limit)
         self.store = Store(clock)
         self.default_org = self.store.add_org(org_name)
         self.faults = FaultInjector(fault_seed)
@@ -294,6 +347,8 @@ class Emulator:
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._store_server: _Server | None = None
+        self._store_thread: threading.Thread | None = None
         self._log_lock = threading.Lock()
         self._trace_cache: _TraceCache | None = None
 
@@ -304,6 +359,19 @@ class Emulator:
             msg = "the emulator is not running; call start() first"
             raise RuntimeError(msg)
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def object_store_url(self) -> str:
+        """Base URL of the running object store (only with `overflow_bytes`)."""
+        if self._store_server is None:
+            msg = "no object store is running; it needs overflow_bytes and start()"
+            raise RuntimeError(msg)
+        return f"http://127.0.0.1:{self._store_server.server_address[1]}"
+
+    def expire_overflow_urls(self) -> None:
+        """Make every pre-signed URL issued so far answer 403 "Request has expired"."""
+        if self.object_store is not None:
+            self.object_store.expire_all()
 
     def add_api_key(self, key: str, org_names: Iterable[str]) -> None:
         """Another key, member of these orgs (created if missing)."""
@@ -323,27 +391,24 @@ class Emulator:
         if self._server is not None:
             msg = "the emulator is already running"
             raise RuntimeError(msg)
-        self._server = _Server(self, self._port)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},  # how soon stop() is noticed
-            name="bt-emulator",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = _Server(self, self._port, "api", self)
+        self._thread = _serve_in_thread(self._server, "bt-emulator")
+        if self.object_store is not None:
+            self._store_server = _Server(self, 0, "object_store", self.object_store)
+            self._store_thread = _serve_in_thread(self._store_server, "bt-object-store")
         return self
 
     def stop(self) -> None:
-        """Stop serving and close every socket, including idle keep-alive connections."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        thread.join()
-        server.wait_for_handlers()
-        self._server = self._thread = None
+        """Stop serving (both servers) and close every socket, idle keep-alives included."""
+        servers = ((self._server, self._thread), (self._store_server, self._store_thread))
+        for server, thread in servers:
+            if server is not None and thread is not None:
+                server.shutdown()
+                server.close_connections()
+                server.server_close()
+                thread.join()
+                server.wait_for_handlers()
+        self._server = self._thread = self._store_server = self._store_thread = None
 
     def __enter__(self) -> Self:
         """Start on entry."""
@@ -368,12 +433,32 @@ class Emulator:
     def handle(self, request: Request) -> Response:
         """Answer one request (faults aside)."""
         try:
+            if request.path == "/btql" and self._btql_limiter is not None:
+                self._admit(self._btql_limiter)
             return self._route(request)(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.message)
+            return error_response(exc.status, exc.message, exc.headers)
         except Exception as exc:  # noqa: BLE001 - a bug here must surface as a loud 500
             traceback.print_exc(file=sys.stderr)
             return error_response(500, f"emulator bug: {exc!r}")
+
+    @staticmethod
+    def injected_error(status: int, headers: tuple[tuple[str, str], ...]) -> Response:
+        """The answer of a `status` fault, in the service's error shape."""
+        return error_response(status, f"Injected fault: HTTP {status}", headers)
+
+    def _admit(self, limiter: RateLimiter) -> None:
+        """Let a /btql request through the rolling window, or refuse it with a 429."""
+        wait = limiter.admit()
+        if wait is None:
+            return
+        headers = (("Retry-After", str(max(1, math.ceil(wait)))),)
+        raise ApiError(
+            429,
+            f"Too many requests: the BTQL rate limit is {limiter.requests} requests per"
+            f" {limiter.window:g} seconds. Please wait and retry.",
+            headers if self.rate_limit_retry_after else (),
+        )
 
     def _route(self, request: Request) -> Callable[[Request], Response]:
         """The endpoint for a request: 404 for an unknown path, 405 for a wrong method."""
@@ -561,24 +646,57 @@ class Emulator:
             raise ApiError(400, "shape 'summary' is not supported by the emulator")
         limit = self._page_limit(query.limit)
         page = self._page(query, limit, as_of) if query.source in ROW_SOURCES else _Page([], None)
-        return self._btql_response(
-            query, page, fmt=fmt, realtime=bool(body.get("brainstore_realtime"))
-        )
+        realtime = bool(body.get("brainstore_realtime"))
+        response = self._btql_response(query, page, fmt=fmt, realtime=realtime)
+        store = self.object_store
+        threshold = self.overflow_bytes
+        if store is None or threshold is None or len(response.body) <= threshold:
+            return response
+        if page.cursor is not None and self.overflow_cursor != "body":
+            response = self._btql_response(
+                query, page, fmt=fmt, realtime=realtime, cursor_in_body=False
+            )
+        return self._redirect(store, response, page.cursor)
 
-    def _btql_response(self, query: Query, page: _Page, *, fmt: str, realtime: bool) -> Response:
-        """The page as `fmt`: JSON with schema, cursor, states and warnings, or bare JSON lines."""
+    def _redirect(self, store: ObjectStore, response: Response, cursor: str | None) -> Response:
+        """Store a big answer in the object store; a 303 to its pre-signed URL instead.
+
+        The cursor goes where `overflow_cursor` says; the 303 itself has no body.
+        """
+        mode = self.overflow_cursor
+        on_303 = (("x-bt-cursor", cursor),) if cursor and mode in {"body", "header"} else ()
+        meta = _META_CURSOR_HEADERS.get(mode)
+        on_object = ((meta, cursor),) if cursor and meta else ()
+        url = store.put(self.object_store_url, response.body, response.content_type, on_object)
+        return Response(303, b"", None, (("Location", url), *on_303))
+
+    def _btql_response(
+        self,
+        query: Query,
+        page: _Page,
+        *,
+        fmt: str,
+        realtime: bool,
+        cursor_in_body: bool = True,
+    ) -> Response:
+        """The page as `fmt`: JSON with schema, cursor, states and warnings, or bare JSON lines.
+
+        `cursor_in_body=False` leaves the cursor out of both the JSON and `x-bt-cursor` (a
+        redirected answer whose cursor travels elsewhere).
+        """
         warnings = []
         if query.source == "project_logs" and not constrained_fields(query.filter) & _RANGE_FIELDS:
             warnings.append(_MISSING_RANGE_WARNING)
         processed, considered = self.store.freshness()
-        headers = (("x-bt-cursor", page.cursor),) if page.cursor else ()
+        cursor = page.cursor if cursor_in_body else None
+        headers = (("x-bt-cursor", cursor),) if cursor else ()
         if fmt == "jsonl":
             return Response(
                 200, b"".join(row + b"\n" for row in page.rows), "application/x-ndjson", headers
             )
         tail: dict[str, Any] = {"schema": self._schema(query)}
-        if page.cursor:
-            tail["cursor"] = page.cursor
+        if cursor:
+            tail["cursor"] = cursor
         tail["realtime_state"] = {
             "type": "on" if realtime else "off",
             "actual_xact_id": considered,
@@ -755,13 +873,166 @@ class _Page:
     cursor: str | None
 
 
+class RateLimiter:
+    """A rolling window: at most `requests` admitted in any `window` seconds (by `clock`).
+
+    Refused requests do not count, so a client that waits as told gets through.
+    """
+
+    def __init__(
+        self, requests: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Check the limit makes sense; start with an empty window (`clock` for unit tests)."""
+        if requests < 1 or window <= 0:
+            msg = "a rate limit needs at least 1 request per a positive window"
+            raise ValueError(msg)
+        self.requests = requests
+        self.window = window
+        self._clock = clock
+        self._admitted: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def admit(self) -> float | None:
+        """None if the request may go now (it is counted), else seconds until a slot frees."""
+        with self._lock:
+            now = self._clock()
+            while self._admitted and self._admitted[0] <= now - self.window:
+                self._admitted.popleft()
+            if len(self._admitted) >= self.requests:
+                return self._admitted[0] + self.window - now
+            self._admitted.append(now)
+            return None
+
+
+@dataclass
+class _StoredObject:
+    body: bytes | None  # None once expired and evicted
+    content_type: str | None
+    signature: str
+    issued: float  # time.monotonic()
+    headers: tuple[tuple[str, str], ...]
+
+
+def s3_error(
+    status: int, code: str, message: str, details: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    """An error in S3's XML shape: `<Error><Code>...</Code><Message>...</Message>...</Error>`."""
+    fields = (("Code", code), ("Message", message), *details)
+    xml = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in fields)
+    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>{xml}</Error>'.encode()
+    return Response(status, body, "application/xml")
+
+
+class ObjectStore:
+    """Stands in for S3 serving big /btql answers at pre-signed URLs (another host by port).
+
+    What a client must get right is enforced: an `Authorization` header is refused (400, S3
+    allows one auth mechanism, and the API key must not leave the API host), a URL older than
+    `ttl` seconds (time.monotonic, from when it was issued) is 403, an unknown key or a wrong
+    `X-Amz-Signature` is 404. Bodies of expired URLs are dropped when the next one is stored.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        """Empty; URLs live `ttl` seconds."""
+        self.ttl = ttl
+        self._objects: dict[str, _StoredObject] = {}
+        self._lock = threading.Lock()
+
+    def put(
+        self,
+        base_url: str,
+        body: bytes,
+        content_type: str | None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> str:
+        """Store an answer (sent back with these extra headers); its pre-signed URL."""
+        key = f"btql/{secrets.token_hex(16)}.json"
+        signature = secrets.token_hex(32)
+        now = time.monotonic()
+        with self._lock:
+            for stored in self._objects.values():
+                if now - stored.issued > self.ttl:
+                    stored.body = None
+            self._objects[key] = _StoredObject(body, content_type, signature, now, headers)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return (
+            f"{base_url}/{OBJECT_STORE_BUCKET}/{key}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential=AKIAEMULATOR%2F{stamp[:8]}%2Fus-east-1%2Fs3%2Faws4_request"
+            f"&X-Amz-Date={stamp}&X-Amz-Expires={max(1, math.ceil(self.ttl))}"
+            f"&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}"
+        )
+
+    def expire_all(self) -> None:
+        """Age every URL issued so far past its lifetime."""
+        with self._lock:
+            for stored in self._objects.values():
+                stored.issued = -math.inf
+                stored.body = None
+
+    def handle(self, request: Request) -> Response:
+        """GET of a pre-signed URL: the stored answer, or S3's error."""
+        if "authorization" in request.headers:
+            return s3_error(
+                400,
+                "InvalidArgument",
+                _TWO_AUTH_MESSAGE,
+                (("ArgumentName", "Authorization"), ("ArgumentValue", "(redacted)")),
+            )
+        if request.method != "GET":
+            return s3_error(
+                405,
+                "MethodNotAllowed",
+                "The specified method is not allowed against this resource.",
+            )
+        bucket, _, key = request.path.lstrip("/").partition("/")
+        signature = request.query.get("X-Amz-Signature", [""])[0]
+        with self._lock:
+            stored = self._objects.get(key) if bucket == OBJECT_STORE_BUCKET else None
+            known = stored is not None and hmac.compare_digest(signature, stored.signature)
+            if stored is None or not known:
+                return s3_error(
+                    404, "NoSuchKey", "The specified key does not exist.", (("Key", key),)
+                )
+            if time.monotonic() - stored.issued > self.ttl or stored.body is None:
+                return s3_error(403, "AccessDenied", "Request has expired")
+            return Response(200, stored.body, stored.content_type, stored.headers)
+
+    @staticmethod
+    def injected_error(status: int, headers: tuple[tuple[str, str], ...]) -> Response:
+        """The answer of a `status` fault, in S3's error shape."""
+        code = {503: "SlowDown", 500: "InternalError"}.get(status, "ServiceUnavailable")
+        response = s3_error(status, code, f"Injected fault: HTTP {status}")
+        return Response(response.status, response.body, response.content_type, headers)
+
+
+class _Backend(Protocol):
+    """What a server answers requests with: the API (`Emulator`) or the `ObjectStore`."""
+
+    def handle(self, request: Request) -> Response: ...
+
+    def injected_error(self, status: int, headers: tuple[tuple[str, str], ...]) -> Response: ...
+
+
+def _serve_in_thread(server: _Server, name: str) -> threading.Thread:
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.02},  # how soon stop() is noticed
+        name=name,
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
 class _Server(ThreadingHTTPServer):
     """Threaded server that remembers its connections so `stop()` can close idle keep-alives."""
 
     daemon_threads = True
 
-    def __init__(self, emulator: Emulator, port: int) -> None:
+    def __init__(self, emulator: Emulator, port: int, host: Host, backend: _Backend) -> None:
         self.emulator = emulator
+        self.host = host
+        self.backend = backend
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Condition()
         super().__init__(("127.0.0.1", port), _Handler)
@@ -842,6 +1113,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=response.status if response else None,
                 fault=fault.kind if fault else None,
                 response_headers=dict(response.headers) if response else {},
+                host=self.server.host,
             )
         )
         if response is not None:
@@ -854,14 +1126,14 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None or fault.kind in {"slow", "truncate"}:
             if fault is not None:
                 time.sleep(fault.delay)
-            return self.server.emulator.handle(request)
+            return self.server.backend.handle(request)
         if fault.kind == "status":
             status = fault.status or 500
             retry_after = fault.retry_after
             if fault.retry_after_as_date and isinstance(retry_after, int):
                 retry_after = formatdate(time.time() + retry_after, usegmt=True)
             headers = (("Retry-After", str(retry_after)),) if retry_after is not None else ()
-            return error_response(status, f"Injected fault: HTTP {status}", headers)
+            return self.server.backend.injected_error(status, headers)
         if fault.kind == "garbage":
             return Response(200, _GARBAGE, "text/html")
         return None
@@ -878,11 +1150,12 @@ class _Handler(BaseHTTPRequestHandler):
             token.split(";")[0].strip()
             for token in request.headers.get("accept-encoding", "").split(",")
         }
-        compressed = "gzip" in accepted
+        compressed = "gzip" in accepted and bool(body)
         if compressed:
             body = gzip.compress(body, compresslevel=1, mtime=0)
         self.send_response(response.status)
-        self.send_header("Content-Type", response.content_type)
+        if response.content_type is not None:
+            self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(body)))
         if compressed:
             self.send_header("Content-Encoding", "gzip")

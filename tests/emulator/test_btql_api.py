@@ -487,6 +487,71 @@ def test_several_object_ids_in_one_query(api: Api, emu: Emulator) -> None:
     assert ids(api.data(query)) == ["a", "b"]
 
 
+def _ident(name: str) -> dict[str, Any]:
+    return {"op": "ident", "name": [name]}
+
+
+def _literal(value: Any) -> dict[str, Any]:
+    return {"op": "literal", "value": value}
+
+
+def _since(experiment_id: str, xact_id: str) -> dict[str, Any]:
+    """`experiment_id = <id> AND _xact_id > <xact>`: one object's watermark, as an AST."""
+    return {
+        "op": "and",
+        "left": {"op": "eq", "left": _ident("experiment_id"), "right": _literal(experiment_id)},
+        "right": {"op": "gt", "left": _ident("_xact_id"), "right": _literal(xact_id)},
+    }
+
+
+def test_several_objects_each_with_its_own_watermark_page_by_xact_id(
+    api: Api, emu: Emulator
+) -> None:
+    """One request reads many experiments past their own `_xact_id`; the cursor crosses them."""
+    project = emu.store.add_project("p")["id"]
+    e1, e2, e3 = (emu.store.add_experiment(project, name)["id"] for name in ("e1", "e2", "e3"))
+    x1 = emu.store.insert_rows("experiment", e1, [{"id": "a1"}, {"id": "a2"}])
+    x2 = emu.store.insert_rows("experiment", e2, [{"id": "b1"}])
+    emu.store.insert_rows("experiment", e1, [{"id": "a3"}])
+    emu.store.insert_rows("experiment", e2, [{"id": "b2"}, {"id": "b3"}])  # one xact, two rows
+    emu.store.insert_rows("experiment", e3, [{"id": "c1"}])  # not asked for
+    emu.store.merge_rows("experiment", e1, [{"id": "a1", "output": "moved"}])
+    emu.store.insert_rows("experiment", e2, [{"id": "b4"}])
+
+    def query(cursor: str | None) -> dict[str, Any]:
+        return {
+            "select": [{"op": "star"}],
+            "from": {
+                "op": "function",
+                "name": _ident("experiment"),
+                "args": [_literal(e1), _literal(e2)],
+            },
+            "filter": {"op": "or", "left": _since(e1, x1), "right": _since(e2, x2)},
+            "sort": [{"expr": _ident("_xact_id"), "dir": "asc"}],
+            "limit": 2,
+            "cursor": cursor,
+        }
+
+    pages = api.pages(query)
+    assert [ids(page["data"]) for page in pages] == [["a3", "b2"], ["b3", "a1"], ["b4"], []]
+    rows = all_rows(pages)
+    assert [row["experiment_id"] for row in rows] == [e1, e2, e2, e1, e2]
+    xacts = [int(row["_xact_id"]) for row in rows]
+    assert xacts == sorted(xacts)
+    assert rows[3]["output"] == "moved"
+
+    in_list: dict[str, Any] = {
+        "op": "and",
+        "left": {"op": "in", "left": _ident("experiment_id"), "right": _literal([e1, e3])},
+        "right": {"op": "gt", "left": _ident("_xact_id"), "right": _literal(x2)},
+    }
+    as_nodes = {**in_list, "left": {**in_list["left"], "right": [_literal(e1), _literal(e3)]}}
+    for in_filter in (in_list, as_nodes):
+        both = {**query(None), "filter": in_filter, "limit": 1000}
+        both["from"]["args"] = [_literal(e1), _literal(e3)]
+        assert ids(api.data(both)) == ["a3", "c1", "a1"]
+
+
 # Legacy fetch -----------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+from typing import Literal
 
 import pytest
 import requests
@@ -186,6 +187,44 @@ def test_listing_filters(api: Api, emu: Emulator) -> None:
     assert ids("/v1/dataset", project_id=two["id"], dataset_name="gold") == {dataset["id"]}
     assert ids("/v1/project", project_name="two") == {two["id"]}
     assert ids("/v1/dataset", project_name="one") == set()
+
+
+@pytest.mark.parametrize("kind", ["experiment", "dataset"])
+def test_listing_without_project_id_pages_through_the_whole_org(
+    two_orgs: Emulator, kind: Literal["experiment", "dataset"]
+) -> None:
+    """One listing for every project of the org: the tap discovers children without N calls."""
+    store = two_orgs.store
+    projects = [store.add_project(f"p{n}") for n in range(3)]
+    other_org = store.add_project("g", org_name="globex")
+    add = store.add_experiment if kind == "experiment" else store.add_dataset
+    for number in range(7):
+        day = (3, 1, 7, 5, 2, 2, 6)[number]
+        add(projects[number % 3]["id"], f"o{number}", created=f"2026-01-0{day}T00:00:00.000Z")
+    add(other_org["id"], "hidden")
+    acme = {p["id"] for p in store.objects("project") if p["org_id"] == two_orgs.default_org["id"]}
+    expected = [
+        o["id"]
+        for o in sorted(store.objects(kind), key=lambda o: (o["created"], o["id"]), reverse=True)
+        if o["project_id"] in acme
+    ]
+    assert len(expected) == 7
+    api = Api(two_orgs)
+    try:
+        seen: list[str] = []
+        params: dict[str, object] = {"limit": 3}
+        for _ in range(10):
+            response = api.get(f"/v1/{kind}", **params)
+            assert response.status_code == 200, response.text
+            objects = response.json()["objects"]
+            if not objects:
+                break
+            seen += [o["id"] for o in objects]
+            params["starting_after"] = objects[-1]["id"]
+        assert seen == expected  # every project, newest first, nothing of globex
+        assert [o["id"] for o in api.get(f"/v1/{kind}").json()["objects"]] == expected
+    finally:
+        api.close()
 
 
 def test_experiments_default_to_1000_but_projects_have_no_default_limit(
