@@ -28,14 +28,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from multiprocessing.connection import Connection
+
+    import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -87,18 +90,25 @@ def _serve(rows: int, row_bytes: int, pipe: Connection) -> None:
         pipe.recv()
 
 
-class BulkEmulator:
-    """The emulator in a child process, so it never competes with a reader for one GIL."""
+class EmulatorProcess:
+    """An emulator in a child process, so it never competes with a client for one GIL.
 
-    def __init__(self, rows: int, row_bytes: int) -> None:
-        """Start it; returns once the rows are made and it listens."""
+    `serve(*args, pipe)` runs in the child: it fills and starts an emulator, sends what the
+    parent needs to know, then answers messages until one says "stop".
+    """
+
+    def __init__(self, serve: Callable[..., None], *args: Any) -> None:
+        """Start it; returns once the child has sent its first message (it listens)."""
         context = multiprocessing.get_context("spawn")
         self._pipe, child_end = context.Pipe()
-        self._process = context.Process(
-            target=_serve, args=(rows, row_bytes, child_end), daemon=True
-        )
+        self._process = context.Process(target=serve, args=(*args, child_end), daemon=True)
         self._process.start()
-        self.data: BulkData = self._pipe.recv()
+        self.ready: Any = self._pipe.recv()
+
+    def ask(self, message: Any) -> Any:
+        """Send the child a message and wait for its answer."""
+        self._pipe.send(message)
+        return self._pipe.recv()
 
     def stop(self) -> None:
         """Stop serving and wait for the process."""
@@ -106,18 +116,30 @@ class BulkEmulator:
         self._process.join(30)
 
 
+class BulkEmulator(EmulatorProcess):
+    """The emulator with the rows `_serve` makes."""
+
+    def __init__(self, rows: int, row_bytes: int) -> None:
+        """Start it; returns once the rows are made and it listens."""
+        super().__init__(_serve, rows, row_bytes)
+        self.data: BulkData = self.ready
+
+
 # Readers, each run as its own process ------------------------------------------------------
 
 
-def rows_query(project_id: str, cursor: str | None) -> dict[str, Any]:
-    """The `/btql` body the tap sends for a full read: every row, oldest write first."""
+def rows_query(
+    object_ids: str | Sequence[str], cursor: str | None, source: str = "project_logs"
+) -> dict[str, Any]:
+    """The `/btql` body for a full read of one or more objects: every row, oldest write first."""
+    ids = [object_ids] if isinstance(object_ids, str) else list(object_ids)
     return {
         "query": {
             "select": [{"op": "star"}],
             "from": {
                 "op": "function",
-                "name": {"op": "ident", "name": ["project_logs"]},
-                "args": [{"op": "literal", "value": project_id}],
+                "name": {"op": "ident", "name": [source]},
+                "args": [{"op": "literal", "value": object_id} for object_id in ids],
             },
             "filter": {
                 "op": "gt",
@@ -131,6 +153,24 @@ def rows_query(project_id: str, cursor: str | None) -> dict[str, Any]:
         "fmt": "json",
         "brainstore_realtime": True,
     }
+
+
+def cursor_pages(
+    session: requests.Session,
+    url: str,
+    body: Callable[[str | None], dict[str, Any]],
+    decode: Callable[[bytes], Any],
+) -> Iterator[list[Any]]:
+    """The rows of each page of one `/btql` query, following the server cursor to the end."""
+    cursor = None
+    while True:
+        response = session.post(f"{url}/btql", json=body(cursor), timeout=60)
+        response.raise_for_status()
+        page = decode(response.content)
+        yield page["data"]
+        cursor = page.get("cursor")
+        if not cursor:
+            return
 
 
 def floor_client(url: str, project_id: str, codec: str) -> int:
@@ -148,17 +188,12 @@ def floor_client(url: str, project_id: str, codec: str) -> int:
         encode = lambda row: json.dumps(row).encode()  # noqa: E731
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {API_KEY}"
-    rows, cursor = 0, None
+    rows = 0
     with Path(os.devnull).open("wb") as out:
-        while True:
-            response = session.post(f"{url}/btql", json=rows_query(project_id, cursor), timeout=60)
-            response.raise_for_status()
-            page = decode(response.content)
-            out.writelines(encode(row) + b"\n" for row in page["data"])
-            rows += len(page["data"])
-            cursor = page.get("cursor")
-            if not cursor:
-                return rows
+        for page in cursor_pages(session, url, partial(rows_query, project_id), decode):
+            out.writelines(encode(row) + b"\n" for row in page)
+            rows += len(page)
+    return rows
 
 
 def sdk_export(url: str, dataset_id: str) -> int:

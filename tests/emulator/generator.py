@@ -11,11 +11,14 @@ import json
 import random
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from tests.emulator.store import iso_ms
+from tests.emulator.store import ROW_SOURCES, iso_ms
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tests.emulator.store import RowSource, Store
 
 _BULK_ROW_BASE_BYTES = 1035
@@ -574,3 +577,335 @@ def _as_dataset_record(span: dict[str, Any]) -> dict[str, Any]:
         "metadata": span["metadata"],
         "tags": span["tags"],
     }
+
+
+# A wide org: many small objects, for counting requests --------------------------------------
+
+WIDE_PROJECT_NAMES = (
+    "support-bot",
+    "rag-search",
+    "code-review",
+    "summarizer",
+    "sales-agent",
+    "ticket-triage",
+    "translation",
+    "onboarding-coach",
+)
+_DAY = 86_400.0
+_WIDE_QUIET = 3600.0
+"""The history ends this many seconds before `end`, so no lookback window reaches into it."""
+_ANNOTATIONS: dict[RowSource, tuple[str, ...]] = {
+    "project_logs": ("score", "expected", "tag", "comment"),
+    "experiment": ("score", "expected", "tag", "comment"),
+    "dataset": ("expected", "tag", "comment"),  # dataset records have no `scores`
+}
+
+
+@dataclass(frozen=True)
+class WideOrg:
+    """What `generate_wide_org` made: object ids in creation order, visible rows per object.
+
+    Attributes:
+        projects: project ids.
+        experiments: experiment ids.
+        datasets: dataset ids.
+        row_counts: visible rows per (`project_logs`|`experiment`|`dataset`, object id).
+        end: the moment the history was written up to (its writes stop an hour before).
+    """
+
+    projects: tuple[str, ...]
+    experiments: tuple[str, ...]
+    datasets: tuple[str, ...]
+    row_counts: dict[tuple[RowSource, str], int]
+    end: float
+
+    def object_ids(self, source: RowSource) -> tuple[str, ...]:
+        """The ids a row source takes: projects for `project_logs`."""
+        by_source = {
+            "project_logs": self.projects,
+            "experiment": self.experiments,
+            "dataset": self.datasets,
+        }
+        return by_source[source]
+
+    def rows(self, source: RowSource | None = None) -> int:
+        """Visible rows of one row source, or of all three."""
+        return sum(n for (s, _), n in self.row_counts.items() if source in {None, s})
+
+
+@dataclass(frozen=True)
+class SmallChange:
+    """What `wide_org_small_change` wrote, as (row source, object id, row id) keys.
+
+    Attributes:
+        annotated: rows given a score, a corrected `expected`, a tag or a comment.
+        new_log_rows: log rows inserted.
+    """
+
+    annotated: tuple[tuple[RowSource, str, str], ...]
+    new_log_rows: tuple[tuple[RowSource, str, str], ...]
+
+    @property
+    def changed(self) -> frozenset[tuple[RowSource, str, str]]:
+        """Every row the change touched: what the next incremental run must send."""
+        return frozenset(self.annotated + self.new_log_rows)
+
+
+class _PastClock:
+    """Stands in for the store's clock while history is written, so `_xact_id`s carry its times."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def generate_wide_org(  # noqa: PLR0913
+    store: Store,
+    *,
+    seed: int = 13,
+    projects: int = 8,
+    experiments_per_project: int = 40,
+    datasets_per_project: int = 4,
+    logs_per_project: int = 400,
+    org_name: str | None = None,
+    end: float | None = None,
+) -> WideOrg:
+    """An org of many small objects (issue 13's "wide org"), written as months of history.
+
+    By default 8 projects of 400 log rows (1-3 KB each, traces logged over the last two
+    weeks), 40 experiments of 9-60 rows each (eval runs over two months) and 4 datasets of
+    15-50 small records each. Every write happens at its own past moment on the store's clock
+    (swapped for the duration), so `created` and `_xact_id` both look like history and the
+    last write is an hour before `end` (default: the store clock, whole second). Meant for a
+    fresh store that is not serving yet: a store's `_xact_id`s never go down, so earlier writes
+    would pull these up, and requests meanwhile would see the stand-in clock.
+    """
+    if not store.orgs():
+        store.add_org(org_name or "acme")
+    maker = _Maker(seed, float(int(store.clock())) if end is None else end)
+    rng = maker.rng
+    history = maker.end - _WIDE_QUIET
+    writes: list[tuple[float, Callable[[], str]]] = []
+    made: dict[RowSource, list[str]] = {source: [] for source in ROW_SOURCES}
+    for index in range(projects):
+        name = WIDE_PROJECT_NAMES[index % len(WIDE_PROJECT_NAMES)]
+        project = store.add_project(
+            name if index < len(WIDE_PROJECT_NAMES) else f"{name}-{index}",
+            org_name=org_name,
+            id=maker.uuid(),
+            created=history - rng.uniform(90, 180) * _DAY,
+            description=maker.maybe(f"{name} in production"),
+            user_id=maker.uuid(),
+        )
+        made["project_logs"].append(project["id"])
+        writes += _wide_logs(store, maker, project["id"], logs_per_project, history)
+        for number in range(datasets_per_project):
+            created = history - rng.uniform(40, 80) * _DAY
+            dataset = store.add_dataset(
+                project["id"],
+                f"golden-set-{number + 1}",
+                id=maker.uuid(),
+                created=created,
+                description=maker.maybe("Curated support questions"),
+                metadata={"owner": "support-team"},
+                user_id=project["user_id"],
+            )
+            made["dataset"].append(dataset["id"])
+            writes += _wide_dataset(store, maker, dataset["id"], created)
+        previous: str | None = None
+        starts = sorted(
+            history - rng.uniform(0.1, 60) * _DAY for _ in range(experiments_per_project)
+        )
+        for number, created in enumerate(starts):
+            commit = f"{rng.getrandbits(160):040x}"
+            experiment = store.add_experiment(
+                project["id"],
+                f"eval-{number + 1:03d}",
+                id=maker.uuid(),
+                created=created,
+                description=maker.maybe("Nightly eval run", 0.3),
+                metadata={"model": rng.choice(_MODELS[:-1])},
+                tags=maker.maybe(["nightly"]),
+                repo_info={"commit": commit, "branch": "main", "dirty": False},
+                commit=commit,
+                base_exp_id=previous,
+                user_id=project["user_id"],
+            )
+            previous = experiment["id"]
+            made["experiment"].append(experiment["id"])
+            writes += _wide_experiment(store, maker, experiment["id"], created)
+    _write_in_the_past(store, writes)
+    counts = {
+        (source, object_id): len(store.ordered(source, (object_id,), (("_xact_id", False),)).rows)
+        for source, ids in made.items()
+        for object_id in ids
+    }
+    return WideOrg(
+        tuple(made["project_logs"]),
+        tuple(made["experiment"]),
+        tuple(made["dataset"]),
+        counts,
+        maker.end,
+    )
+
+
+def _write_in_the_past(store: Store, writes: list[tuple[float, Callable[[], str]]]) -> None:
+    """Make each write at its moment, oldest first, on a stand-in for the store's clock."""
+    clock = store.clock
+    past = _PastClock(0.0)
+    store.clock = past
+    try:
+        for moment, write in sorted(writes, key=lambda pair: pair[0]):
+            past.now = moment
+            write()
+    finally:
+        store.clock = clock
+
+
+def _cut(traces: list[list[dict[str, Any]]], n: int) -> list[list[dict[str, Any]]]:
+    """The traces holding exactly `n` spans: the last one loses its latest spans (still a tree)."""
+    kept: list[list[dict[str, Any]]] = []
+    total = 0
+    for trace in traces:
+        if total >= n:
+            break
+        kept.append(trace[: n - total])
+        total += len(kept[-1])
+    return kept
+
+
+def _log_trace(maker: _Maker, created: float) -> list[dict[str, Any]]:
+    """A production trace whose spans carry 1-3 KB each: chat history, retrieved context."""
+    trace = maker.trace(created, root_type=maker.rng.choice(("task", "function")))
+    for span in trace:
+        missing = maker.rng.randint(1000, 3000) - len(json.dumps(span).encode())
+        if missing <= 0:
+            continue
+        if span["span_attributes"]["type"] == "llm":
+            turns: list[dict[str, Any]] = []
+            while missing > 0:
+                role = ("user", "assistant")[len(turns) % 2]
+                content = maker.text(_QUESTIONS if role == "user" else _ANSWERS)
+                turns.append({"role": role, "content": content})
+                missing -= len(content) + 34
+            span["input"]["messages"][1:1] = turns  # earlier turns of the conversation
+        else:
+            span["input"]["context"] = maker.big_text(missing)
+    return trace
+
+
+def _wide_logs(
+    store: Store, maker: _Maker, project_id: str, n: int, history: float
+) -> list[tuple[float, Callable[[], str]]]:
+    """Two weeks of logging: traces flushed 1-4 at a time, a few late, a few annotated."""
+    rng = maker.rng
+    logged: list[tuple[float, list[dict[str, Any]]]] = []
+    total = 0
+    while total < n:
+        moment = history - rng.uniform(0, 14) * _DAY
+        late = rng.uniform(3600, 2 * _DAY) if rng.random() < 0.03 else 0.0  # a skewed clock
+        logged.append((moment, _log_trace(maker, moment - late)))
+        total += len(logged[-1][1])
+    logged.sort(key=lambda pair: pair[0])
+    moments = [moment for moment, _ in logged]
+    traces = _cut([trace for _, trace in logged], n)
+    writes: list[tuple[float, Callable[[], str]]] = []
+    position = 0
+    while position < len(traces):
+        batch = traces[position : position + rng.randint(1, 4)]
+        position += len(batch)
+        flushed = moments[position - 1] + rng.uniform(0.5, 5)
+        spans = [span for trace in batch for span in trace]
+        writes.append((flushed, partial(store.insert_rows, "project_logs", project_id, spans)))
+    for index in rng.sample(range(len(traces)), max(1, len(traces) // 25)):
+        reviewed = moments[index] + rng.uniform(0, min(3 * _DAY, history - moments[index]))
+        update = {"id": traces[index][0]["id"], "scores": {"user_rating": rng.choice((0.0, 1.0))}}
+        writes.append((reviewed, partial(store.merge_rows, "project_logs", project_id, [update])))
+    return writes
+
+
+def _wide_experiment(
+    store: Store, maker: _Maker, experiment_id: str, created: float
+) -> list[tuple[float, Callable[[], str]]]:
+    """An eval run of 9-60 rows, logged in two flushes within minutes of its creation."""
+    rng = maker.rng
+    n = rng.randint(9, 60)
+    traces: list[list[dict[str, Any]]] = []
+    while sum(map(len, traces)) < n:
+        started = created + rng.uniform(1, 240)
+        traces.append(maker.trace(started, root_type="eval", max_spans=4))
+    rows = [span for trace in _cut(traces, n) for span in trace]
+    half = len(rows) // 2
+    return [
+        (created + 120, partial(store.insert_rows, "experiment", experiment_id, rows[:half])),
+        (created + 250, partial(store.insert_rows, "experiment", experiment_id, rows[half:])),
+    ]
+
+
+def _wide_dataset(
+    store: Store, maker: _Maker, dataset_id: str, created: float
+) -> list[tuple[float, Callable[[], str]]]:
+    """15-50 small records, added in two sittings days apart, one edited later."""
+    rng = maker.rng
+    first = created + rng.uniform(60, 900)
+    second = first + rng.uniform(1, 10) * _DAY
+    records = [maker.record(first - rng.uniform(0, 60)) for _ in range(rng.randint(15, 50))]
+    half = len(records) // 2
+    for record in records[half:]:
+        record["created"] = iso_ms(second)
+    edit = {"id": records[0]["id"], "expected": "Corrected answer", "metadata": {"reviewed": True}}
+    return [
+        (first, partial(store.insert_rows, "dataset", dataset_id, records[:half])),
+        (second, partial(store.insert_rows, "dataset", dataset_id, records[half:])),
+        (
+            second + rng.uniform(1, 20) * _DAY,
+            partial(store.merge_rows, "dataset", dataset_id, [edit]),
+        ),
+    ]
+
+
+def wide_org_small_change(
+    store: Store, org: WideOrg, *, seed: int = 1, annotations: int = 28, new_log_rows: int = 20
+) -> SmallChange:
+    """Issue 13's "small change", written now (store clock): annotations and new log rows.
+
+    `annotations` distinct rows, spread over log rows, experiment rows and dataset records in
+    turn, each one merge write or comment as a reviewer makes them: a human score, a corrected
+    `expected`, a tag, a comment (records have no scores). Then `new_log_rows` rows of fresh
+    traces in random projects, one write per trace.
+    """
+    maker = _Maker(seed, float(int(store.clock())))
+    rng = maker.rng
+    annotated: list[tuple[RowSource, str, str]] = []
+    for number in range(annotations):
+        source = ROW_SOURCES[number % len(ROW_SOURCES)]
+        object_id = rng.choice(org.object_ids(source))
+        rows = [
+            row
+            for row in store.rows(source, object_id)
+            if (source, object_id, row["id"]) not in annotated
+        ]
+        row = rng.choice(rows)
+        kinds = _ANNOTATIONS[source]
+        kind = kinds[number // len(ROW_SOURCES) % len(kinds)]
+        update: dict[str, Any] = {"id": row["id"]}
+        if kind == "score":
+            update["scores"] = {"human_review": rng.choice((0.0, 0.5, 1.0))}
+        elif kind == "expected":
+            update["expected"] = f"Corrected by a reviewer: {maker.text(_ANSWERS)}"
+        elif kind == "tag":
+            update["tags"] = sorted({*(row.get("tags") or []), "reviewed"})
+        if kind == "comment":
+            store.add_comment(source, object_id, row["id"], f"Reviewer: {maker.text(_ANSWERS)}")
+        else:
+            store.merge_rows(source, object_id, [update])
+        annotated.append((source, object_id, row["id"]))
+    fresh: list[tuple[RowSource, str, str]] = []
+    while len(fresh) < new_log_rows:
+        project_id = rng.choice(org.projects)
+        trace = _log_trace(maker, maker.end - rng.uniform(0, 30))[: new_log_rows - len(fresh)]
+        store.insert_rows("project_logs", project_id, trace)
+        fresh += [("project_logs", project_id, span["id"]) for span in trace]
+    return SmallChange(tuple(annotated), tuple(fresh))

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.emulator import Demo, Store, generate_demo, generate_logs
 from tests.emulator.conftest import FIXED_NOW
-from tests.emulator.generator import SAME_CREATED_RUN
+from tests.emulator.generator import (
+    SAME_CREATED_RUN,
+    SmallChange,
+    WideOrg,
+    generate_wide_org,
+    wide_org_small_change,
+)
+
+if TYPE_CHECKING:
+    from tests.emulator.store import RowSource
 
 SPAN_TYPES = {"llm", "score", "function", "eval", "task", "tool"}
 
@@ -174,3 +184,121 @@ def test_generate_logs_is_fast_deterministic_and_sized() -> None:
     generate_logs(twin, twin_project["id"], 500, seed=3, row_bytes=1500)
     first = store.rows("project_logs", project["id"])[-500:]
     assert [r["id"] for r in twin.rows("project_logs", project["id"])] == [r["id"] for r in first]
+
+
+# The wide org ------------------------------------------------------------------------------
+
+DAY = 86_400
+
+
+@pytest.fixture(scope="module")
+def wide() -> tuple[Store, WideOrg]:
+    store = fresh_store()
+    return store, generate_wide_org(store, seed=13)
+
+
+def wide_snapshot(store: Store, org: WideOrg) -> dict[str, Any]:
+    return {
+        "objects": [store.objects(kind) for kind in ("project", "experiment", "dataset")],
+        "rows": {key: store.rows(*key) for key in org.row_counts},
+    }
+
+
+def xact_seconds(row: dict[str, Any]) -> int:
+    return (int(row["_xact_id"]) >> 16) & 0xFFFFFFFF
+
+
+def created_seconds(row: dict[str, Any]) -> float:
+    return datetime.fromisoformat(row["created"].replace("Z", "+00:00")).timestamp()
+
+
+def test_wide_org_has_the_issues_shape(wide: tuple[Store, WideOrg]) -> None:
+    store, org = wide
+    assert (len(org.projects), len(org.experiments), len(org.datasets)) == (8, 320, 32)
+    assert org.row_counts == {key: len(store.rows(*key)) for key in org.row_counts}
+    assert len(org.row_counts) == 8 + 320 + 32
+    assert all(org.row_counts[("project_logs", p)] == 400 for p in org.projects)
+    assert all(9 <= org.row_counts[("experiment", e)] <= 60 for e in org.experiments)
+    assert all(15 <= org.row_counts[("dataset", d)] <= 50 for d in org.datasets)
+    assert org.rows("project_logs") == 3200
+    assert 14_000 <= org.rows() <= 17_000  # the issue's org: 15,300 rows
+    experiments = store.objects("experiment")
+    for project in org.projects:
+        assert sum(e["project_id"] == project for e in experiments) == 40
+
+
+def test_wide_org_log_rows_are_the_large_ones(wide: tuple[Store, WideOrg]) -> None:
+    store, org = wide
+
+    def average_bytes(source: RowSource) -> float:
+        rows = [r for object_id in org.object_ids(source) for r in store.rows(source, object_id)]
+        return sum(len(json.dumps(r).encode()) for r in rows) / len(rows)
+
+    assert 1500 <= average_bytes("project_logs") <= 3000
+    assert average_bytes("experiment") < average_bytes("project_logs") * 0.75
+    assert average_bytes("dataset") < average_bytes("experiment")
+
+
+def test_wide_org_history_is_spread_over_past_days(wide: tuple[Store, WideOrg]) -> None:
+    store, org = wide
+    assert org.end == FIXED_NOW
+    for source in ("project_logs", "experiment", "dataset"):
+        rows = [r for object_id in org.object_ids(source) for r in store.rows(source, object_id)]
+        written = [xact_seconds(row) for row in rows]
+        assert max(written) <= FIXED_NOW - 3600  # nothing a lookback would read again
+        assert max(written) - min(written) > 10 * DAY
+        created = sorted(created_seconds(row) for row in rows)
+        assert created[-1] < FIXED_NOW - 3000
+        assert created[-1] - created[0] > 10 * DAY
+    logs = store.rows("project_logs", org.projects[0])
+    assert any(  # a late row: written well after the time its client stamped
+        xact_seconds(row) - created_seconds(row) > 3000 for row in logs
+    )
+
+
+def test_wide_org_is_deterministic(wide: tuple[Store, WideOrg]) -> None:
+    store, org = wide
+    again = fresh_store()
+    assert wide_snapshot(again, generate_wide_org(again, seed=13)) == wide_snapshot(store, org)
+    other = fresh_store()
+    other_org = generate_wide_org(other, seed=14)
+    assert other_org.projects != org.projects
+    assert store.clock() == FIXED_NOW  # the stand-in clock is gone
+
+
+def test_wide_org_small_change() -> None:
+    def changed_store() -> tuple[Store, WideOrg, SmallChange, dict[str, Any]]:
+        store = fresh_store()
+        org = generate_wide_org(store, seed=13, experiments_per_project=5, logs_per_project=60)
+        before = wide_snapshot(store, org)
+        return store, org, wide_org_small_change(store, org, seed=1), before
+
+    store, org, change, before = changed_store()
+    assert len(change.annotated) == len(set(change.annotated)) == 28
+    assert {source for source, _, _ in change.annotated} == {
+        "project_logs",
+        "experiment",
+        "dataset",
+    }
+    assert len({object_id for _, object_id, _ in change.annotated}) > 10
+    assert len(change.new_log_rows) == 20
+    assert len(change.changed) == 48
+    after = wide_snapshot(store, org)
+    touched = set()
+    for key, rows in after["rows"].items():
+        old = {row["id"]: row for row in before["rows"][key]}
+        for row in rows:
+            if old.get(row["id"]) != row:
+                touched.add((*key, row["id"]))
+                assert xact_seconds(row) == FIXED_NOW  # written now
+    assert touched == change.changed
+    annotated = [
+        next(r for r in after["rows"][(source, object_id)] if r["id"] == row_id)
+        for source, object_id, row_id in change.annotated
+    ]
+    assert sum(bool(row["comments"]) for row in annotated) >= 5
+    assert sum("reviewed" in (row["tags"] or []) for row in annotated) >= 5
+    assert sum("human_review" in (row.get("scores") or {}) for row in annotated) >= 3
+    assert sum(str(row["expected"]).startswith("Corrected by") for row in annotated) >= 5
+    _, _, again, _ = changed_store()
+    assert again == change
