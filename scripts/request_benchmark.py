@@ -181,12 +181,18 @@ class Run:
         return self.requests.btql / REQUESTS_PER_MINUTE
 
 
-def run_tap(
-    name: str, emulator: WideOrgEmulator, tap: Path, work: Path, state: dict[str, Any] | None
+def run_tap(  # noqa: PLR0913
+    name: str,
+    emulator: WideOrgEmulator,
+    tap: Path,
+    work: Path,
+    state: dict[str, Any] | None,
+    *,
+    settings: dict[str, Any],
 ) -> Run:
-    """The tap with every stream and default settings (from `state`, if given), to the end."""
+    """The tap with every stream and `settings` (from `state`, if given), to the end."""
     config = work / "config.json"
-    config.write_text(json.dumps({"api_url": emulator.url, "api_key": API_KEY}))
+    config.write_text(json.dumps({"api_url": emulator.url, "api_key": API_KEY, **settings}))
     command = [str(tap), "--config", str(config)]
     if state is not None:
         (work / "state.json").write_text(json.dumps(state))
@@ -338,8 +344,18 @@ def main(argv: list[str] | None = None) -> int:
         "--page-byte-budget", type=int, default=512_000, help="bytes of rows per /btql page"
     )
     parser.add_argument("--state-out", type=Path, help="write the full sync's final STATE here")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a tap setting for every run, e.g. objects_per_query=250 (repeatable)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     tap = args.tap_executable.absolute()
+    settings = {
+        name: json.loads(value) for name, _, value in (s.partition("=") for s in args.setting)
+    }
     started = time.monotonic()
     print(f"making the wide org (seed {args.seed}) ...", flush=True)
     emulator = WideOrgEmulator(args.seed, args.page_byte_budget)
@@ -348,16 +364,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ready in {time.monotonic() - started:.0f} s; measuring {tap}", flush=True)
         with tempfile.TemporaryDirectory() as directory:
             work = Path(directory)
-            full = run_tap("full sync", emulator, tap, work, None)
+            full = run_tap("full sync", emulator, tap, work, None, settings=settings)
             _progress(full)
             if args.state_out:
                 args.state_out.write_text(json.dumps(full.state, indent=1))
             floor = run_floor(emulator)  # the same data as the full sync
             _progress(floor)
-            idle = run_tap("idle", emulator, tap, work, full.state)
+            idle = run_tap("idle", emulator, tap, work, full.state, settings=settings)
             _progress(idle)
             change = emulator.small_change()
-            changed = run_tap("small change", emulator, tap, work, idle.state)
+            changed = run_tap("small change", emulator, tap, work, idle.state, settings=settings)
             _progress(changed)
     finally:
         emulator.stop()

@@ -39,21 +39,25 @@ def lookback(watermark: int, seconds: int) -> int:
     return max(0, watermark - (seconds << _SECONDS_SHIFT))
 
 
-class Watermark:
-    """How far a read in ascending `_xact_id` order has got, as a safe place to resume.
+class ReadProgress:
+    """How far one read in ascending `_xact_id` order has got, as a safe place to resume.
 
-    A write becomes visible to queries slightly after it gets its `_xact_id`, so the
-    server's `freshness_state` caps the watermark: a write it has not processed yet may
-    still appear below rows already read.
+    One query reads the rows of many objects in one `_xact_id` order, so once a row is read,
+    every row of every one of them written before it has been read too: each object's
+    watermark is the read's position, but never below where that object started. A write
+    becomes visible to queries slightly after it gets its `_xact_id`, so the server's
+    `freshness_state` caps the position: a write it has not processed yet may still appear
+    below rows already read.
     """
 
-    def __init__(self, start: int) -> None:
-        """Start from the watermark of the previous run (0: none)."""
-        self.value = start
-        self._start = start
+    def __init__(self) -> None:
+        """A read that has not started."""
         self._reading: int | None = None
+        self._done: int | None = None
         self._visible_through: int | None = None
         self._every_page_reported = True
+        self._horizon: int | None = None
+        self._ended_empty = False
 
     def visible_through(self, last_processed: int | None) -> None:
         """Note a page's `freshness_state.last_processed_xact_id` (None: not reported)."""
@@ -63,7 +67,7 @@ class Watermark:
             self._visible_through = last_processed
 
     def before_row(self, xact_id: int) -> bool:
-        """Account for the next row, before it is emitted; True if the watermark moved.
+        """Account for the next row, before it is emitted; True if the position moved.
 
         Raises:
             OutOfOrderError: `xact_id` is below the previous row's.
@@ -76,29 +80,36 @@ class Watermark:
             msg = f"_xact_id {xact_id} came after {previous}"
             raise OutOfOrderError(msg)
         # Every row written up to `previous` has now been emitted.
-        return self._settle(previous)
+        self._done = previous
+        return True
 
-    def finish(self, *, ended_empty: bool) -> bool:
-        """Account for the end of the read; True if the watermark moved.
+    def finish(self, *, ended_empty: bool) -> None:
+        """Account for the end of the read.
 
         When the read ended on an empty page and every page reported the server's freshness,
-        every write up to it has been read, rows or not, so the watermark moves there: an
-        idle object is then not read again. After any other empty last page it moves past
+        every write up to it has been read, rows or not, so every watermark moves there: an
+        idle object is then not read again. After any other empty last page they move past
         the last transaction read. A last page with rows but no cursor leaves unknown
-        whether that transaction was read in full, so the watermark stays below it.
+        whether that transaction was read in full, so they stay below it.
         """
         if not ended_empty:
-            return False
+            return
+        self._ended_empty = True
         if self._every_page_reported and self._visible_through is not None:
-            moved = self.value != self._visible_through
-            self.value = self._visible_through
-            return moved
-        return self._settle(self._reading if self._reading is not None else self._start)
+            self._horizon = self._visible_through
+        elif self._reading is not None:
+            self._done = self._reading
 
-    def _settle(self, done: int) -> bool:
-        value = max(self._start, done)
+    def watermark(self, start: int) -> int:
+        """The watermark of an object whose read started from `start` (its last one)."""
+        if self._horizon is not None:
+            return self._horizon
+        done = self._done
+        if done is None:
+            if not self._ended_empty:
+                return start
+            done = start
+        value = max(start, done)
         if self._visible_through is not None:
             value = min(value, self._visible_through)
-        moved = value != self.value
-        self.value = value
-        return moved
+        return value

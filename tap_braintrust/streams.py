@@ -1,22 +1,24 @@
-"""What each stream is: its endpoint, schema, parent and selection rules."""
+"""What each stream is: its endpoint, schema, listing scope and how its rows are read."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tap_braintrust import schemas
-from tap_braintrust.client import BraintrustError, BtqlStream, ObjectListingStream
+from tap_braintrust.client import BtqlStream, ObjectListingStream
+from tap_braintrust.errors import BraintrustError
 from tap_braintrust.incremental import (
     WATERMARK_KEY,
     OutOfOrderError,
-    Watermark,
+    ReadProgress,
     lookback,
     parse_xact_id,
 )
-from tap_braintrust.queries import RowSource, RowsQuery
+from tap_braintrust.queries import OBJECT_ID_FIELD, ObjectBound, RowSource, RowsQuery
 from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
 
 if sys.version_info >= (3, 12):
@@ -27,7 +29,10 @@ else:
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from singer_sdk import Tap
     from singer_sdk.helpers.types import Context, Record
+
+    from tap_braintrust.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -69,134 +74,216 @@ class ProjectsStream(ObjectListingStream):
     name = "projects"
     path = "/v1/project"
     schema = schemas.PROJECT
-    child_context_key = "project_id"
 
-    @property
+    @cached_property
     def selection(self) -> ProjectSelection:
         """The configured project selection."""
         return ProjectSelection.from_config(self.config)
 
     @override
-    def listing_filters(self, context: Context | None) -> dict[str, Any]:
+    def listing_scopes(self) -> list[dict[str, Any]]:
         selection = self.selection
         # Ids narrow the listing server-side; names are matched here (the project
         # listing has no name filter), so any name means listing everything.
-        return {"ids": sorted(selection.ids)} if selection.ids and not selection.names else {}
+        return [{"ids": sorted(selection.ids)} if selection.ids and not selection.names else {}]
 
     @override
-    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
-        # Projects are few: read them all first, so a misnamed project fails the run
-        # before any experiment or dataset of the others is emitted.
-        selection = self.selection
-        projects = [p for p in super().get_records(context) if selection.includes(p)]
-        if missing := selection.missing(projects):
+    def keeps(self, obj: Mapping[str, Any]) -> bool:
+        return self.selection.includes(obj)
+
+    @override
+    def check(self, objects: list[dict[str, Any]]) -> None:
+        # Projects are listed before anything else is read, so a misnamed project fails the
+        # run before any experiment or dataset of the others is emitted.
+        if missing := self.selection.missing(objects):
             msg = (
                 f"Configured projects not found in Braintrust: {', '.join(missing)}. "
                 "Check `project_ids` / `project_names`, and that `api_key` and `org_name` "
                 "point at the org that owns them."
             )
             raise BraintrustError(msg)
-        return projects
 
 
-class ProjectChildStream(ObjectListingStream):
-    """An object listed per selected project, so unselected projects are never requested."""
+class ProjectObjectStream(ObjectListingStream):
+    """Objects that live in projects: listed org-wide when every project is selected.
 
-    parent_stream_type = ProjectsStream
-    # Full-table children need no per-project state entries.
-    state_partitioning_keys: tuple[str, ...] = ()
+    One org-wide listing costs a request per `page_size` objects; listing per project would
+    cost at least one request per project. When projects are named, only theirs are listed.
+    Objects of projects the project listing does not show are left out either way.
+    """
+
+    def __init__(self, tap: Tap, transport: Transport, projects: ProjectsStream) -> None:
+        """A listing narrowed by `projects`' selection."""
+        self.projects = projects
+        super().__init__(tap, transport)
 
     @override
-    def listing_filters(self, context: Context | None) -> dict[str, Any]:
-        if context is None:  # the SDK always passes the parent's context; this names the bug
-            msg = f"{self.name} is synced per project and needs a project context"
-            raise ValueError(msg)
-        return {"project_id": context["project_id"]}
+    def listing_scopes(self) -> list[dict[str, Any]]:
+        # The SDK syncs streams by name, so whichever stream comes first lists the projects
+        # first: a wrong key, URL or project name fails on that one request.
+        projects = self.projects.objects
+        if not projects:
+            return []
+        if self.projects.selection.everything:
+            return [{}]
+        return [{"project_id": project["id"]} for project in projects]
+
+    @override
+    def keeps(self, obj: Mapping[str, Any]) -> bool:
+        return obj.get("project_id") in self._project_ids
+
+    @cached_property
+    def _project_ids(self) -> frozenset[str]:
+        return frozenset(project["id"] for project in self.projects.objects)
 
 
-class ExperimentsStream(ProjectChildStream):
+class ExperimentsStream(ProjectObjectStream):
     """Experiments (eval runs) of the selected projects."""
 
     name = "experiments"
     path = "/v1/experiment"
     schema = schemas.EXPERIMENT
-    child_context_key = "experiment_id"
 
 
-class DatasetsStream(ProjectChildStream):
+class DatasetsStream(ProjectObjectStream):
     """Datasets of the selected projects."""
 
     name = "datasets"
     path = "/v1/dataset"
     schema = schemas.DATASET
-    child_context_key = "dataset_id"
+
+
+@dataclass(frozen=True)
+class _ObjectRead:
+    """One object's part in a read: where its rows start, and its state partition."""
+
+    bound: ObjectBound
+    start: int
+    """Its watermark from the previous run (0: none)."""
+    state: dict[str, Any]
 
 
 class EventStream(BtqlStream):
-    """The rows of one object per parent record, incremental on `created`.
+    """The rows of every listed object of one kind, incremental on `created`.
 
     `created` is the replication key and bookmark, but it is the logging client's clock and
     a merge (a human score, a corrected `expected`, a tag, a comment) keeps it. So rows are
-    read by `_xact_id`, which every write moves, after the watermark each partition's state
-    keeps beside its bookmark (see incremental.py).
+    read by `_xact_id`, which every write moves, after the watermark each object's state
+    partition keeps beside its bookmark (see incremental.py).
+
+    Requests are the scarce resource (about 20 `/btql` a minute per org), so one query reads
+    up to `objects_per_query` objects at once, each from its own watermark, and an object
+    with nothing new costs nothing of its own. The state stays one partition per object,
+    keyed by its id, as when each object was read alone.
     """
 
     source: ClassVar[RowSource]
-    parent_key: ClassVar[str]
-    """The parent's id: the context key, the state partition and a record field."""
-
     replication_key = "created"
     is_sorted = False
 
+    def __init__(self, tap: Tap, transport: Transport, objects: ObjectListingStream) -> None:
+        """The rows of the objects `objects` lists."""
+        self.listing = objects
+        self._reads: dict[str, _ObjectRead] = {}
+        self._signpost = ""
+        super().__init__(tap, transport)
+
+    @property
+    def parent_key(self) -> str:
+        """The object's id field: the state partition's key and a record field."""
+        return OBJECT_ID_FIELD[self.source]
+
+    @property
+    @override
+    def partitions(self) -> list[dict[str, Any]] | None:
+        # One sync reads every object; the SDK would otherwise sync once per state partition.
+        return None
+
+    @override
+    def get_replication_key_signpost(self, context: Context | None = None) -> None:
+        # The SDK would write it once for the whole stream; each object's bookmark is
+        # capped at the sync's start in post_process instead.
+        return None
+
+    @override
+    def _increment_stream_state(
+        self, latest_record: Record, *, context: Context | None = None
+    ) -> None:
+        # Bookmarks are kept per object (post_process); the SDK's would be one for the
+        # stream, the latest `created` of any object, which means nothing.
+        return
+
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
-        if context is None:  # the SDK always passes the parent's context; this names the bug
-            msg = f"{self.name} is synced per parent and needs its context"
-            raise ValueError(msg)
-        state = self.get_context_state(context)
-        self._start_progress_from_bookmark(state)
-        query, watermark = self._plan(context, state)
+        # Fixed-width, so every bookmark compares correctly as a string.
+        self._signpost = format_timestamp(datetime.now(timezone.utc))
+        partitions = {
+            partition["context"].get(self.parent_key): partition
+            for partition in self.stream_state.get("partitions", [])
+            if isinstance(partition.get("context"), dict)
+        }
+        reads = [
+            self._object_read(obj["id"], partitions.get(obj["id"])) for obj in self.listing.objects
+        ]
+        reads.sort(key=lambda read: (read.bound.start, read.bound.object_id))
+        self._reads = {read.bound.object_id: read for read in reads}
+        size = int(self.config["objects_per_query"])
+        for first in range(0, len(reads), size):
+            yield from self._read(reads[first : first + size])
+
+    def _read(self, group: list[_ObjectRead]) -> Iterable[dict[str, Any]]:
+        """Every row of the group's query, each object's watermark moving with the read."""
+        query = RowsQuery(self.source, tuple(read.bound for read in group))
+        self.logger.info(
+            "%s: reading %s, %d rows per page", self.name, query.describe(), self.page_size.current
+        )
+        progress = ReadProgress()
         ended_empty = False
-        for page in self.query_pages(query, context):
+        for page in self.query_pages(query):
             ended_empty = not page.rows
-            watermark.visible_through(page.last_processed_xact_id)
+            progress.visible_through(page.last_processed_xact_id)
             for row in page.rows:
+                read = self._reads.get(row.get(self.parent_key))  # type: ignore[arg-type]
                 xact_id = parse_xact_id(row.get("_xact_id"))
-                if xact_id is None:
-                    msg = (
-                        f"{self.name}: Braintrust sent row {row.get('id')!r} without a valid "
-                        f"_xact_id ({row.get('_xact_id')!r}), which change tracking needs"
+                if read is None or xact_id is None:
+                    what = (
+                        f"without a valid _xact_id ({row.get('_xact_id')!r}), which change "
+                        "tracking needs"
+                        if read is not None
+                        else f"of {self.parent_key} {row.get(self.parent_key)!r}, which the "
+                        "query did not ask for"
                     )
+                    msg = f"{self.name}: Braintrust sent row {row.get('id')!r} {what}"
                     raise BraintrustError(msg)
                 try:
-                    moved = watermark.before_row(xact_id)
+                    progress.before_row(xact_id)
                 except OutOfOrderError as exc:
                     msg = (
                         f"{self.name}: Braintrust returned rows out of _xact_id order ({exc}) "
                         f"for {query.describe()}; stopping, as changes could be missed"
                     )
                     raise BraintrustError(msg) from exc
-                if moved:
-                    state[WATERMARK_KEY] = str(watermark.value)
+                read.state[WATERMARK_KEY] = str(progress.watermark(read.start))
                 yield row
-        if watermark.finish(ended_empty=ended_empty) or WATERMARK_KEY not in state:
-            state[WATERMARK_KEY] = str(watermark.value)
+        progress.finish(ended_empty=ended_empty)
+        for read in group:
+            read.state[WATERMARK_KEY] = str(progress.watermark(read.start))
+        # A place to resume from after each query, as there was after each object when
+        # objects were read one by one (written only if records went out since the last).
+        self._write_state_message()
 
-    def _start_progress_from_bookmark(self, state: dict[str, Any]) -> None:
-        """Seed the SDK's progress markers with the bookmark so far.
-
-        The SDK tracks an unsorted stream's bookmark from scratch each run, so a run that
-        only reads old, annotated rows would move `created` backwards. It also warns, per
-        partition, that such streams cannot resume; these can, and the note says so.
-        """
-        markers: dict[str, Any] = {"Note": f"Resumable from {WATERMARK_KEY}."}
-        if bookmark := _timestamp_or_none(state.get("replication_key_value")):
-            markers |= {"replication_key": self.replication_key, "replication_key_value": bookmark}
-        state.setdefault("progress_markers", markers)
-
-    def _plan(self, context: Context, state: dict[str, Any]) -> tuple[RowsQuery, Watermark]:
-        """The query for this partition and the watermark it starts from."""
-        object_id = context[self.parent_key]
+    def _object_read(self, object_id: str, partition: dict[str, Any] | None) -> _ObjectRead:
+        """Where an object's rows start, from its state partition (made if it has none)."""
+        state = (
+            partition
+            if partition is not None
+            else self.get_context_state({self.parent_key: object_id})
+        )
+        if isinstance(markers := state.pop("progress_markers", None), dict):
+            # Left by an earlier release's interrupted run: the latest `created` it had seen.
+            self._bookmark(
+                state, _timestamp_or_none(markers.get("replication_key_value")), cap=None
+            )
         created_since = self.config.get("start_date")
         stored = state.get(WATERMARK_KEY)
         start = parse_xact_id(stored) if stored is not None else 0
@@ -210,17 +297,17 @@ class EventStream(BtqlStream):
         if stored is None and (bookmark := state.get("replication_key_value")) is not None:
             created_since = self._bookmark_without_watermark(object_id, bookmark, created_since)
         after = lookback(start, self.config["lookback_seconds"])
-        query = RowsQuery(
-            self.source,
-            object_id,
-            after_xact_id=after,
-            created_since=created_since,
-            limit=self.page_size.current,
-        )
-        self.logger.info(
-            "%s: reading %s, %d rows per page", self.name, query.describe(), query.limit
-        )
-        return query, Watermark(start)
+        return _ObjectRead(ObjectBound(object_id, after, created_since), start, state)
+
+    def _bookmark(self, state: dict[str, Any], created: Any, cap: str | None) -> None:
+        """Move an object's `created` bookmark forward to `created`, never past `cap`."""
+        if not isinstance(created, str):
+            return
+        if cap is not None:
+            created = min(created, cap)
+        if created > str(state.get("replication_key_value") or ""):
+            state["replication_key"] = self.replication_key
+            state["replication_key_value"] = created
 
     def _bookmark_without_watermark(
         self, object_id: str, bookmark: Any, start_date: str | None
@@ -249,25 +336,19 @@ class EventStream(BtqlStream):
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
-        created = row["created"] = row.get("created")  # the SDK's bookmark reads the key
+        created = row["created"] = row.get("created")
         problem = None if created is None else f"{created!r} is not an ISO-8601 string"
         if isinstance(created, str):
             try:
-                row["created"] = normalize_timestamp(created)
+                row["created"] = created = normalize_timestamp(created)
                 problem = None
             except ValueError as exc:
                 problem = str(exc)
         if problem:
             msg = f"{self.name}: row {row.get('id')!r} has an unreadable `created`: {problem}"
             raise BraintrustError(msg)
+        self._bookmark(self._reads[row[self.parent_key]].state, created, cap=self._signpost)
         return super().post_process(row, context)
-
-    @override
-    def get_replication_key_signpost(self, context: Context | None = None) -> Any:
-        # The SDK caps bookmarks at the sync's start; written in our fixed-width form, so
-        # every bookmark compares correctly as a string.
-        signpost = super().get_replication_key_signpost(context)
-        return format_timestamp(signpost) if isinstance(signpost, datetime) else signpost
 
 
 def _timestamp_or_none(value: Any) -> str | None:
@@ -284,9 +365,7 @@ class ProjectLogsStream(EventStream):
     """Project logs: one row per span of the selected projects' traces."""
 
     name = "project_logs"
-    parent_stream_type = ProjectsStream
     source = "project_logs"
-    parent_key = "project_id"
     primary_keys = ("project_id", "id")
     schema = schemas.PROJECT_LOG
 
@@ -295,9 +374,7 @@ class ExperimentEventsStream(EventStream):
     """Rows of every experiment: one per span of each eval case."""
 
     name = "experiment_events"
-    parent_stream_type = ExperimentsStream
     source = "experiment"
-    parent_key = "experiment_id"
     primary_keys = ("experiment_id", "id")
     schema = schemas.EXPERIMENT_EVENT
 
@@ -306,8 +383,6 @@ class DatasetEventsStream(EventStream):
     """Records of every dataset."""
 
     name = "dataset_events"
-    parent_stream_type = DatasetsStream
     source = "dataset"
-    parent_key = "dataset_id"
     primary_keys = ("dataset_id", "id")
     schema = schemas.DATASET_EVENT

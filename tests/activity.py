@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tests.conftest import API_KEY, demo_of
 from tests.emulator import running_emulator
+from tests.emulator.btql import matches, parse_query
 from tests.warehouse import ROW_STREAMS
 
 if TYPE_CHECKING:
@@ -158,13 +159,31 @@ def window_keys(
     return window
 
 
-def xact_floor(query: dict[str, Any]) -> int:
-    """The `_xact_id > N` bound of a query's filter."""
-    pending = [query["filter"]]
-    while pending:
-        node = pending.pop()
-        if node.get("op") == "and":
-            pending += [node["left"], node["right"]]
-        elif node.get("op") == "gt" and node["left"]["name"] == ["_xact_id"]:
-            return int(node["right"]["value"])
-    raise AssertionError(query)
+def xact_floors(query: dict[str, Any]) -> dict[str, int]:
+    """Per object a `/btql` query reads, the `_xact_id` after which it reads its rows.
+
+    Found by asking the emulator's own evaluator of the filter which `_xact_id`s of each
+    object pass (a row created far in the future, so only the `_xact_id` bound decides),
+    not by reading the query's shape.
+    """
+    parsed = parse_query(query)
+    fields: dict[str, str] = {stream.source: stream.parent_key for stream in ROW_STREAMS}
+    field = fields[parsed.source]
+    now = datetime.now(timezone.utc)
+
+    def reads(object_id: str, xact_id: int) -> bool:
+        row = {field: object_id, "_xact_id": str(xact_id), "created": "2999-01-01T00:00:00Z"}
+        return matches(parsed.filter, row, now=now)
+
+    floors: dict[str, int] = {}
+    for object_id in parsed.object_ids:
+        low, high = 0, 2**64 - 1  # the first _xact_id read lies in (low, high]
+        assert reads(object_id, high), (object_id, query)
+        if reads(object_id, low):
+            floors[object_id] = -1
+            continue
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if reads(object_id, middle) else (middle, high)
+        floors[object_id] = low
+    return floors

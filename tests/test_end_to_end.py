@@ -24,10 +24,9 @@ from tests.activity import (
     demo_before_a_run,
     resume_floors,
     window_keys,
-    xact_floor,
+    xact_floors,
 )
 from tests.conftest import API_KEY, OBJECT_STREAMS, STREAM_SCHEMAS
-from tests.emulator.btql import parse_query
 from tests.loaded_tables import (
     SCHEMA,
     DuckDBWarehouse,
@@ -190,8 +189,7 @@ def assert_resumed_from(state: dict[str, Any], emu: Emulator) -> None:
     read_after = {}
     for request in emu.request_log:
         if request.path == "/btql":
-            query = request.json_body["query"]
-            read_after[parse_query(query).object_ids[0]] = xact_floor(query)
+            read_after.update(xact_floors(request.json_body["query"]))
     new_objects = read_after.keys() - resumed_at.keys()
     assert len(new_objects) == 2  # the experiment and the dataset made between the runs
     assert {read_after[object_id] for object_id in new_objects} == {0}

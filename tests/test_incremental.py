@@ -21,7 +21,7 @@ from tests.activity import (
     demo_before_a_run,
     iso,
     window_keys,
-    xact_floor,
+    xact_floors,
 )
 from tests.conftest import API_KEY, TAP_EXECUTABLE, demo_of, tap_config
 from tests.emulator import generate_logs, running_emulator
@@ -174,7 +174,7 @@ def test_a_new_experiment_starts_from_start_date_while_old_ones_resume(
         if request.path == "/btql":
             query = parse_query(request.json_body["query"])
             if query.source == "experiment":
-                after_xact[query.object_ids[0]] = xact_floor(request.json_body["query"])
+                after_xact.update(xact_floors(request.json_body["query"]))
     assert after_xact.pop(experiment["id"]) == 0
     assert after_xact
     assert all(floor > 0 for floor in after_xact.values())

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from tests.conftest import TapRun
     from tests.emulator import Emulator
+    from tests.emulator.store import ObjectKind
 
 LISTINGS = ("/v1/project", "/v1/experiment", "/v1/dataset")
 
@@ -74,10 +75,12 @@ def test_page_size_one_pages_with_starting_after_until_an_empty_page(
 ) -> None:
     run = run_tap(tap_config(emulator, page_size=1))
     assert run.returncode == 0, run.stderr
-    listings: list[tuple[str, str, dict[str, str]]] = [("projects", "/v1/project", {})]
-    for project in emulator.store.objects("project"):
-        scope = {"project_id": project["id"]}
-        listings += [("experiments", "/v1/experiment", scope), ("datasets", "/v1/dataset", scope)]
+    # Every project is selected, so experiments and datasets are listed org-wide.
+    listings: list[tuple[str, str, dict[str, str]]] = [
+        ("projects", "/v1/project", {}),
+        ("experiments", "/v1/experiment", {}),
+        ("datasets", "/v1/dataset", {}),
+    ]
     for stream, path, scope in listings:
         requests = [
             r
@@ -142,3 +145,31 @@ def test_requests_carry_the_key_only_as_a_bearer_token(
         assert API_KEY not in json.dumps(request.query)
         assert request.headers["user-agent"].startswith("tap-braintrust/")
     assert API_KEY not in run.stdout + run.stderr
+
+
+def test_each_kind_is_listed_once_org_wide_or_per_selected_project(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    projects = emulator.store.objects("project")
+    run = run_tap(tap_config(emulator))
+    assert run.returncode == 0, run.stderr
+    for path in ("/v1/project", "/v1/experiment", "/v1/dataset"):
+        requests = _listing_requests(emulator, path)
+        # One page and the empty page after it, however many projects; no project filter.
+        assert len(requests) == 2, path
+        assert all("project_id" not in r.query for r in requests), path
+
+    emulator.request_log.clear()
+    chosen = projects[0]["id"]
+    run = run_tap(tap_config(emulator, project_ids=[chosen]))
+    assert run.returncode == 0, run.stderr
+    kinds: tuple[tuple[str, str, ObjectKind], ...] = (
+        ("/v1/experiment", "experiments", "experiment"),
+        ("/v1/dataset", "datasets", "dataset"),
+    )
+    for path, stream, kind in kinds:
+        assert {r.query["project_id"][0] for r in _listing_requests(emulator, path)} == {chosen}
+        emitted = {o["id"] for o in run.records(stream)}
+        assert emitted == {
+            o["id"] for o in emulator.store.objects(kind) if o["project_id"] == chosen
+        }

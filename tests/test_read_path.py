@@ -23,6 +23,7 @@ import msgspec
 import pytest
 from singer_sdk.singerlib import RecordMessage
 
+from tap_braintrust.queries import ObjectBound, RowsQuery
 from tap_braintrust.streams import ProjectLogsStream
 from tap_braintrust.tap import TapBraintrust
 from tap_braintrust.writer import BufferedMessageWriter
@@ -102,14 +103,14 @@ def test_a_field_outside_the_schema_is_left_out_with_one_warning(
             answer(handler, 200, {"objects": objects})
             return
         rows, cursor = pages[handler.cursor]  # type: ignore[attr-defined]
-        answer(handler, 200, {"data": [{**row, "created": "2026-01-01T00:00:00Z"} for row in rows],
-                              **({"cursor": cursor} if cursor else {})})  # fmt: skip
+        data = [{**row, "project_id": "p", "created": "2026-01-01T00:00:00Z"} for row in rows]
+        answer(handler, 200, {"data": data, **({"cursor": cursor} if cursor else {})})
 
     with serve(_remembering_cursor(respond)) as (url, _paths):
         run = run_tap({"api_key": API_KEY, "api_url": url}, catalog=logs_catalog(run_tap))
     assert run.returncode == 0, run.stderr
     assert [sorted(r) for r in run.records("project_logs")] == [
-        ["_xact_id", "created", "id", "project_id"],  # the SDK adds the context's id
+        ["_xact_id", "created", "id", "project_id"],
         ["_xact_id", "created", "id", "project_id"],
     ]
     warnings = [line for line in run.stderr.splitlines() if "schema does not have" in line]
@@ -205,15 +206,15 @@ def test_pages_are_fetched_one_at_a_time_and_an_abandoned_one_stops_retrying() -
         tap = TapBraintrust(config={"api_key": API_KEY, "api_url": url, "max_backoff_seconds": 0.1})
         stream = tap.streams["project_logs"]
         assert isinstance(stream, ProjectLogsStream)
-        query = stream._plan({"project_id": "p"}, {})[0]  # the page loop alone
-        assert [page.rows[0]["id"] for page in stream.query_pages(query, None)] == [
+        query = RowsQuery("project_logs", (ObjectBound("p"),))  # the page loop alone
+        assert [page.rows[0]["id"] for page in stream.query_pages(query)] == [
             f"r{n}" for n in range(6)
         ]
         assert most[0] == 1
         assert len(paths) == 6
 
         fails_from[0] = 2  # page 2 now fails until the tap gives up on it
-        pages = stream.query_pages(query, None)
+        pages = stream.query_pages(query)
         next(pages)  # page 0 arrives and page 1 is fetched meanwhile
         next(pages)  # page 1 arrives and page 2 is asked for, in vain
         pages.close()  # the reader stops: page 2 is abandoned

@@ -7,7 +7,8 @@ from email.utils import formatdate
 import pytest
 import requests
 
-from tap_braintrust.client import PageSize, RetryPolicy, retry_after_seconds
+from tap_braintrust.client import PageSize
+from tap_braintrust.transport import RetryPolicy, retry_after_seconds
 
 NOW = 1_795_000_000.0
 POLICY = RetryPolicy(max_tries=10, max_backoff_seconds=8, max_retry_after_seconds=300)

@@ -1,4 +1,4 @@
-"""The `_xact_id` watermark: where a read in `_xact_id` order may safely resume."""
+"""The `_xact_id` watermarks: where a read in `_xact_id` order may safely resume, per object."""
 
 from __future__ import annotations
 
@@ -6,90 +6,107 @@ from typing import Any
 
 import pytest
 
-from tap_braintrust.incremental import OutOfOrderError, Watermark, lookback, parse_xact_id
+from tap_braintrust.incremental import OutOfOrderError, ReadProgress, lookback, parse_xact_id
 
 SECOND = 1 << 16
 BASE = (0x0DE1 << 48) | (1_795_000_000 << 16)
 
 
-def _read(watermark: Watermark, xact_ids: list[int]) -> list[int]:
-    """The watermark after each row is accounted for (i.e. while that row is emitted)."""
+def _read(progress: ReadProgress, xact_ids: list[int], start: int = 0) -> list[int]:
+    """An object's watermark after each row is accounted for (i.e. while that row is emitted)."""
     values = []
     for xact_id in xact_ids:
-        watermark.before_row(xact_id)
-        values.append(watermark.value)
+        progress.before_row(xact_id)
+        values.append(progress.watermark(start))
     return values
 
 
 def test_it_moves_only_past_transactions_read_in_full() -> None:
-    watermark = Watermark(0)
+    progress = ReadProgress()
     # Three rows of one write, then two of the next: the first write is done only when a
     # row of the second arrives, and the second only when the read ends.
-    assert _read(watermark, [BASE + 1, BASE + 1, BASE + 1, BASE + 2, BASE + 2]) == [
+    assert _read(progress, [BASE + 1, BASE + 1, BASE + 1, BASE + 2, BASE + 2]) == [
         0,
         0,
         0,
         BASE + 1,
         BASE + 1,
     ]
-    assert watermark.finish(ended_empty=True) is True
-    assert watermark.value == BASE + 2
+    progress.finish(ended_empty=True)
+    assert progress.watermark(0) == BASE + 2
 
 
 def test_it_never_goes_below_where_it_started() -> None:
-    watermark = Watermark(BASE + 50)
+    progress = ReadProgress()
     # Rows re-read from the lookback window below the old watermark.
-    assert _read(watermark, [BASE + 10, BASE + 20, BASE + 60]) == [BASE + 50] * 3
-    watermark.finish(ended_empty=True)
-    assert watermark.value == BASE + 60
+    assert _read(progress, [BASE + 10, BASE + 20, BASE + 60], start=BASE + 50) == [BASE + 50] * 3
+    progress.finish(ended_empty=True)
+    assert progress.watermark(BASE + 50) == BASE + 60
+
+
+def test_one_read_moves_each_object_from_its_own_start() -> None:
+    # One query over three objects: one caught up to BASE + 50, one new, one far ahead.
+    progress = ReadProgress()
+    _read(progress, [BASE + 10, BASE + 60, BASE + 70])
+    assert [progress.watermark(start) for start in (BASE + 50, 0, BASE + 90)] == [
+        BASE + 60,
+        BASE + 60,
+        BASE + 90,
+    ]
+    progress.finish(ended_empty=True)
+    assert [progress.watermark(start) for start in (BASE + 50, 0, BASE + 90)] == [
+        BASE + 70,
+        BASE + 70,
+        BASE + 90,
+    ]
 
 
 def test_an_empty_read_keeps_the_old_watermark() -> None:
-    watermark = Watermark(BASE)
-    assert watermark.finish(ended_empty=True) is False
-    assert watermark.value == BASE
+    progress = ReadProgress()
+    progress.finish(ended_empty=True)
+    assert progress.watermark(BASE) == BASE
 
 
 def test_the_servers_freshness_caps_it_while_reading_and_sets_it_at_the_end() -> None:
-    watermark = Watermark(0)
-    watermark.visible_through(BASE + 3)  # a write above BASE + 3 may still be invisible
-    watermark.visible_through(BASE + 9)  # later pages report more; the lowest counts
-    assert _read(watermark, [BASE + 2, BASE + 5, BASE + 7]) == [0, BASE + 2, BASE + 3]
-    watermark.finish(ended_empty=True)
-    assert watermark.value == BASE + 3
+    progress = ReadProgress()
+    progress.visible_through(BASE + 3)  # a write above BASE + 3 may still be invisible
+    progress.visible_through(BASE + 9)  # later pages report more; the lowest counts
+    assert _read(progress, [BASE + 2, BASE + 5, BASE + 7]) == [0, BASE + 2, BASE + 3]
+    progress.finish(ended_empty=True)
+    assert progress.watermark(0) == BASE + 3
 
 
 def test_with_freshness_an_idle_object_moves_to_the_servers_horizon() -> None:
-    watermark = Watermark(BASE)
-    watermark.visible_through(BASE + 100 * SECOND)
-    assert watermark.finish(ended_empty=True) is True
-    assert watermark.value == BASE + 100 * SECOND
+    progress = ReadProgress()
+    progress.visible_through(BASE + 100 * SECOND)
+    progress.finish(ended_empty=True)
+    assert progress.watermark(BASE) == BASE + 100 * SECOND
 
 
 def test_a_page_without_freshness_keeps_it_on_the_rows_read() -> None:
     # Page 1 reports nothing (a write at BASE + 20 may be invisible), page 2 reports more.
-    watermark = Watermark(0)
-    watermark.visible_through(None)
-    _read(watermark, [BASE + 10, BASE + 30])
-    watermark.visible_through(BASE + 40)
-    watermark.finish(ended_empty=True)
-    assert watermark.value == BASE + 30
+    progress = ReadProgress()
+    progress.visible_through(None)
+    _read(progress, [BASE + 10, BASE + 30])
+    progress.visible_through(BASE + 40)
+    progress.finish(ended_empty=True)
+    assert progress.watermark(0) == BASE + 30
 
 
 def test_a_read_that_did_not_end_on_an_empty_page_stays_below_its_last_transaction() -> None:
     # The last page had rows but no cursor: whether more rows of BASE + 30 were due is unknown.
-    watermark = Watermark(0)
-    watermark.visible_through(BASE + 90)
-    _read(watermark, [BASE + 10, BASE + 30, BASE + 30])
-    assert watermark.finish(ended_empty=False) is False
-    assert watermark.value == BASE + 10
+    progress = ReadProgress()
+    progress.visible_through(BASE + 90)
+    _read(progress, [BASE + 10, BASE + 30, BASE + 30])
+    progress.finish(ended_empty=False)
+    assert progress.watermark(0) == BASE + 10
 
 
 def test_rows_out_of_order_are_refused() -> None:
-    watermark = Watermark(0)
-    watermark.before_row(BASE + 2)
+    progress = ReadProgress()
+    progress.before_row(BASE + 2)
     with pytest.raises(OutOfOrderError, match=f"{BASE + 1} came after {BASE + 2}"):
-        watermark.before_row(BASE + 1)
+        progress.before_row(BASE + 1)
 
 
 def test_lookback_counts_seconds_of_writes() -> None:
