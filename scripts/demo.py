@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 
+from tap_braintrust.tap import STREAM_NAMES
 from tests.emulator import running_emulator
 from tests.meltano_project import MeltanoProject
 
@@ -22,14 +23,7 @@ WAREHOUSE = ROOT / "output" / "demo.duckdb"
 MELTANO_LOG = ROOT / "output" / "demo-meltano.log"
 SCHEMA = "braintrust"
 DEMO_API_KEY = "sk-demo-not-a-real-key"
-TABLES = (
-    "projects",
-    "experiments",
-    "datasets",
-    "project_logs",
-    "experiment_events",
-    "dataset_events",
-)
+TABLES = STREAM_NAMES
 # One real question, answered over the loaded logs: how do people rate each model's answers?
 RATING_PER_MODEL = """
 SELECT coalesce(metadata->>'model', '(no model)') AS model,

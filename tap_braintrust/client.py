@@ -12,7 +12,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from singer_sdk import RESTStream
@@ -179,13 +179,16 @@ class ObjectListingStream(BraintrustStream):
 
     @cached_property
     def objects(self) -> list[dict[str, Any]]:
-        """Every object of the sync, listed on first use."""
-        objects = [
-            obj
-            for scope in self.listing_scopes()
-            for obj in self._listing(scope)
-            if self.keeps(obj)
-        ]
+        """Every object of the sync, listed on first use, each once.
+
+        A listing paged while objects are created can show one twice; its rows are read once.
+        """
+        listed: dict[str, dict[str, Any]] = {}
+        for scope in self.listing_scopes():
+            for obj in self._listing(scope):
+                if self.keeps(obj):
+                    listed.setdefault(obj["id"], obj)
+        objects = list(listed.values())
         self.check(objects)
         return objects
 
@@ -361,8 +364,6 @@ class BtqlStream(BraintrustStream):
     """A stream read with `POST /btql` queries, following the server cursor to the end."""
 
     path = "/btql"
-    objects_stream: ClassVar[str]
-    """The listing stream whose objects this stream reads the rows of."""
 
     @cached_property
     def page_size(self) -> PageSize:

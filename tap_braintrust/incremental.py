@@ -44,10 +44,10 @@ class ReadProgress:
 
     One query reads the rows of many objects in one `_xact_id` order, so once a row is read,
     every row of every one of them written before it has been read too: each object's
-    watermark is the read's position, but never below where that object started. A write
-    becomes visible to queries slightly after it gets its `_xact_id`, so the server's
-    `freshness_state` caps the position: a write it has not processed yet may still appear
-    below rows already read.
+    watermark is the later of its own previous one and the read's position. A write becomes
+    visible to queries slightly after it gets its `_xact_id`, so the server's
+    `freshness_state` caps that: a write it has not processed yet may still appear below
+    rows already read.
     """
 
     def __init__(self) -> None:
@@ -57,7 +57,6 @@ class ReadProgress:
         self._visible_through: int | None = None
         self._every_page_reported = True
         self._horizon: int | None = None
-        self._ended_empty = False
 
     def visible_through(self, last_processed: int | None) -> None:
         """Note a page's `freshness_state.last_processed_xact_id` (None: not reported)."""
@@ -66,8 +65,8 @@ class ReadProgress:
         elif self._visible_through is None or last_processed < self._visible_through:
             self._visible_through = last_processed
 
-    def before_row(self, xact_id: int) -> bool:
-        """Account for the next row, before it is emitted; True if the position moved.
+    def before_row(self, xact_id: int) -> None:
+        """Account for the next row, before it is emitted.
 
         Raises:
             OutOfOrderError: `xact_id` is below the previous row's.
@@ -75,13 +74,12 @@ class ReadProgress:
         previous = self._reading
         self._reading = xact_id
         if previous is None or xact_id == previous:
-            return False
+            return
         if xact_id < previous:
             msg = f"_xact_id {xact_id} came after {previous}"
             raise OutOfOrderError(msg)
         # Every row written up to `previous` has now been emitted.
         self._done = previous
-        return True
 
     def finish(self, *, ended_empty: bool) -> None:
         """Account for the end of the read.
@@ -94,7 +92,6 @@ class ReadProgress:
         """
         if not ended_empty:
             return
-        self._ended_empty = True
         if self._every_page_reported and self._visible_through is not None:
             self._horizon = self._visible_through
         elif self._reading is not None:
@@ -104,12 +101,9 @@ class ReadProgress:
         """The watermark of an object whose read started from `start` (its last one)."""
         if self._horizon is not None:
             return self._horizon
-        done = self._done
-        if done is None:
-            if not self._ended_empty:
-                return start
-            done = start
-        value = max(start, done)
+        if self._done is None:
+            return start
+        value = max(start, self._done)
         if self._visible_through is not None:
             value = min(value, self._visible_through)
         return value

@@ -158,7 +158,7 @@ class _ObjectRead:
     """One object's part in a read: where its rows start, and its state partition."""
 
     bound: ObjectBound
-    start: int
+    watermark: int
     """Its watermark from the previous run (0: none)."""
     state: dict[str, Any]
 
@@ -237,13 +237,14 @@ class EventStream(BtqlStream):
         self.logger.info(
             "%s: reading %s, %d rows per page", self.name, query.describe(), self.page_size.current
         )
+        in_query = {read.bound.object_id: read for read in group}
         progress = ReadProgress()
         ended_empty = False
         for page in self.query_pages(query):
             ended_empty = not page.rows
             progress.visible_through(page.last_processed_xact_id)
             for row in page.rows:
-                read = self._reads.get(row.get(self.parent_key))  # type: ignore[arg-type]
+                read = in_query.get(row.get(self.parent_key))  # type: ignore[arg-type]
                 xact_id = parse_xact_id(row.get("_xact_id"))
                 if read is None or xact_id is None:
                     what = (
@@ -263,11 +264,11 @@ class EventStream(BtqlStream):
                         f"for {query.describe()}; stopping, as changes could be missed"
                     )
                     raise BraintrustError(msg) from exc
-                read.state[WATERMARK_KEY] = str(progress.watermark(read.start))
+                read.state[WATERMARK_KEY] = str(progress.watermark(read.watermark))
                 yield row
         progress.finish(ended_empty=ended_empty)
         for read in group:
-            read.state[WATERMARK_KEY] = str(progress.watermark(read.start))
+            read.state[WATERMARK_KEY] = str(progress.watermark(read.watermark))
         # A place to resume from after each query, as there was after each object when
         # objects were read one by one (written only if records went out since the last).
         self._write_state_message()
@@ -279,11 +280,10 @@ class EventStream(BtqlStream):
             if partition is not None
             else self.get_context_state({self.parent_key: object_id})
         )
-        if isinstance(markers := state.pop("progress_markers", None), dict):
-            # Left by an earlier release's interrupted run: the latest `created` it had seen.
-            self._bookmark(
-                state, _timestamp_or_none(markers.get("replication_key_value")), cap=None
-            )
+        # The SDK writes these per partition and removes them when the partition's sync ends;
+        # an earlier release's interrupted run left them, and nothing here reads them.
+        state.pop("replication_key_signpost", None)
+        state.pop("starting_replication_value", None)
         created_since = self.config.get("start_date")
         stored = state.get(WATERMARK_KEY)
         start = parse_xact_id(stored) if stored is not None else 0
@@ -299,12 +299,12 @@ class EventStream(BtqlStream):
         after = lookback(start, self.config["lookback_seconds"])
         return _ObjectRead(ObjectBound(object_id, after, created_since), start, state)
 
-    def _bookmark(self, state: dict[str, Any], created: Any, cap: str | None) -> None:
-        """Move an object's `created` bookmark forward to `created`, never past `cap`."""
-        if not isinstance(created, str):
-            return
-        if cap is not None:
-            created = min(created, cap)
+    def _bookmark(self, state: dict[str, Any], created: str) -> None:
+        """Move an object's `created` bookmark forward, never past the sync's start.
+
+        A client clock ahead of the server's would otherwise leave a bookmark in the future.
+        """
+        created = min(created, self._signpost)
         if created > str(state.get("replication_key_value") or ""):
             state["replication_key"] = self.replication_key
             state["replication_key_value"] = created
@@ -347,18 +347,9 @@ class EventStream(BtqlStream):
         if problem:
             msg = f"{self.name}: row {row.get('id')!r} has an unreadable `created`: {problem}"
             raise BraintrustError(msg)
-        self._bookmark(self._reads[row[self.parent_key]].state, created, cap=self._signpost)
+        if created is not None:
+            self._bookmark(self._reads[row[self.parent_key]].state, created)
         return super().post_process(row, context)
-
-
-def _timestamp_or_none(value: Any) -> str | None:
-    """`value` in the fixed-width form if it is a readable timestamp string, else None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return normalize_timestamp(value)
-    except ValueError:
-        return None
 
 
 class ProjectLogsStream(EventStream):

@@ -275,7 +275,7 @@ STREAM_NAMES = (
     "experiment_events",
     "dataset_events",
 )
-"""The streams `discover_streams` makes, in sync order; a catalog may name only these."""
+"""The streams `discover_streams` makes; a catalog may name only these."""
 
 
 def _read_input(

@@ -259,6 +259,8 @@ class Pacer:
             now = time.monotonic()
             if self._sent:
                 self._sent.pop()  # the last one sent was refused: it did not use the budget
+            while self._sent and self._sent[0] <= now - self.WINDOW_SECONDS:
+                self._sent.popleft()
             got_through = self._sent
             if got_through:
                 spent = now - got_through[0]

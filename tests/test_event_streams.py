@@ -193,6 +193,11 @@ def _row(row_id: str, xact_id: str) -> dict[str, Any]:
             id="no-data",
         ),
         pytest.param(
+            lambda _n: {"data": [{**_row("r1", "5"), "project_id": "p-not-asked-for"}]},
+            "row 'r1' of project_id 'p-not-asked-for', which the query did not ask for",
+            id="foreign-object",
+        ),
+        pytest.param(
             lambda _n: {"data": [{**_row("r1", "5"), "created": "yesterday"}]},
             "row 'r1' has an unreadable `created`",
             id="bad-created",

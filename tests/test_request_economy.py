@@ -43,6 +43,14 @@ def _btql_requests(emu: Emulator) -> list[Any]:
     return [r for r in emu.request_log if r.path == "/btql" and r.host == "api"]
 
 
+def _read_after(emu: Emulator) -> dict[str, int]:
+    """Per object the tap's queries read, the `_xact_id` its rows were read after."""
+    floors: dict[str, int] = {}
+    for request in _btql_requests(emu):
+        floors.update(xact_floors(request.json_body["query"]))
+    return floors
+
+
 def _floor_requests(emu: Emulator) -> tuple[int, int]:
     """The fewest `/btql` requests any client needs to read every row, and the rows read.
 
@@ -133,9 +141,7 @@ def test_a_state_from_the_previous_release_resumes_without_rereading_anything(
         again = set().union(*received.values()) - all_changed
         assert again == in_window - all_changed  # only the lookback window comes again
         # Each object resumed from its own watermark, less the lookback; new ones from 0.
-        floors: dict[str, int] = {}
-        for request in _btql_requests(emu):
-            floors.update(xact_floors(request.json_body["query"]))
+        floors = _read_after(emu)
         resumed = resume_floors(state, 60)
         assert {key: floors[key] for key in resumed} == resumed
         assert sorted(floors[key] for key in floors.keys() - resumed.keys()) == [0, 0]
@@ -159,9 +165,7 @@ def test_an_interrupted_run_of_the_previous_release_resumes_where_it_stopped(
     with demo_before_a_run(clock) as emu:
         run = run_tap(tap_config(emu), state=state)
         assert run.returncode == 0, run.stderr
-        floors: dict[str, int] = {}
-        for request in _btql_requests(emu):
-            floors.update(xact_floors(request.json_body["query"]))
+        floors = _read_after(emu)
         resumed = resume_floors(state, 60)
         assert resumed
         assert {key: floors[key] for key in resumed} == resumed
