@@ -246,8 +246,12 @@ class Pacer:
             # From when this request really goes out, so an oversleep never shortens a gap.
             self._next_slot = now + self.interval
             self._sent.append(now)
-            while self._sent[0] <= now - self.WINDOW_SECONDS:
-                self._sent.popleft()
+            self._forget_before(now - self.WINDOW_SECONDS)
+
+    def _forget_before(self, moment: float) -> None:
+        """Drop the send times at or before `moment` (the caller holds the lock)."""
+        while self._sent and self._sent[0] <= moment:
+            self._sent.popleft()
 
     def throttled(self, retry_after: float | None) -> float | None:
         """Learn from a 429 to the last request sent; the requests a minute allowed from now.
@@ -259,8 +263,7 @@ class Pacer:
             now = time.monotonic()
             if self._sent:
                 self._sent.pop()  # the last one sent was refused: it did not use the budget
-            while self._sent and self._sent[0] <= now - self.WINDOW_SECONDS:
-                self._sent.popleft()
+            self._forget_before(now - self.WINDOW_SECONDS)
             got_through = self._sent
             if got_through:
                 spent = now - got_through[0]
