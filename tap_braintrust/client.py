@@ -75,10 +75,21 @@ class BraintrustStream(RESTStream[None]):
     # boolean; Braintrust sends true/false. Fields outside the schema go in post_process.
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
-    def __init__(self, tap: Tap, transport: Transport) -> None:
-        """A stream of `tap` that sends through the run's shared `transport`."""
+    def __init__(
+        self,
+        tap: Tap,
+        transport: Transport,
+        *,
+        name: str | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> None:
+        """A stream of `tap` that sends through the run's shared `transport`.
+
+        `name` and `schema` are for streams defined by settings; the others set them on
+        their class.
+        """
         self.transport = transport
-        super().__init__(tap)
+        super().__init__(tap, name=name, schema=schema)
 
     @property
     @override
@@ -242,7 +253,9 @@ class ObjectListingStream(BraintrustStream):
         return super().post_process(row, context)
 
 
-READ_FIELDS = frozenset({"id", "_xact_id", "created", "project_id", "experiment_id", "dataset_id"})
+READ_FIELDS = frozenset(
+    {"id", "_xact_id", "created", "project_id", "experiment_id", "dataset_id", "root_span_id"}
+)
 """The row fields the tap itself reads (the object ids route rows to their state), decoded
 even when the others pass through as text."""
 _FIELD_DEPTH = 2
@@ -370,6 +383,11 @@ class BtqlStream(BraintrustStream):
         """The stream's adaptive page size, kept from one query to the next."""
         return PageSize(int(self.config["page_size"]))
 
+    def _log_query(self, query: PageQuery) -> None:
+        self.logger.info(
+            "%s: reading %s, %d rows per page", self.name, query.describe(), self.page_size.current
+        )
+
     def query_pages(self, query: PageQuery) -> Generator[BtqlPage, None, None]:
         """Every page of `query`, until a page comes without a cursor.
 
@@ -404,7 +422,7 @@ class BtqlStream(BraintrustStream):
         page = self.transport.fetch(
             lambda: self.prepare("POST", "/btql", body=query.body(cursor, self.page_size.current)),
             partial(self._decode_page, query),
-            subject=query.describe(),
+            subject=f"{query.describe()} (stream {self.name})",
             shrink_page=self.page_size.shrink,
             abandoned=abandoned,
         )

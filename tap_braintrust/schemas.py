@@ -197,3 +197,113 @@ DATASET_EVENT = th.PropertiesList(
         "classifications",
     ),
 ).to_dict()
+
+ROW_SCHEMAS: dict[str, dict[str, t.Any]] = {
+    "project_logs": PROJECT_LOG,
+    "experiment": EXPERIMENT_EVENT,
+    "dataset": DATASET_EVENT,
+}
+"""Each row source's full row schema, the base of custom streams' schemas."""
+
+ANY_JSON: dict[str, t.Any] = _ANY_JSON.type_dict
+
+
+def field_schema(source: str, path: tuple[str, ...]) -> dict[str, t.Any]:
+    """The type of a field path of a source's rows: the row schema's where it says, else any JSON.
+
+    Nested values may be missing, so a nested path's type always admits null.
+    """
+    schema: dict[str, t.Any] | None = ROW_SCHEMAS[source]["properties"].get(path[0])
+    for part in path[1:]:
+        if schema is None:
+            break
+        nested = schema.get("properties", {}).get(part)
+        extra = schema.get("additionalProperties")
+        schema = nested if nested is not None else (extra if isinstance(extra, dict) else None)
+    if schema is None:
+        return ANY_JSON
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    return schema if "null" in types else {**schema, "type": [*types, "null"]}
+
+
+def columns_schema(source: str, columns: tuple[tuple[str, ...], ...] | None) -> dict[str, t.Any]:
+    """A source's rows cut to `columns` (paths, each named by its last part); None: whole rows."""
+    if columns is None:
+        return ROW_SCHEMAS[source]
+    return {
+        "type": "object",
+        "properties": {path[-1]: field_schema(source, path) for path in columns},
+    }
+
+
+def report_schema(
+    source: str | None, columns: list[tuple[str, tuple[str, ...] | None]]
+) -> dict[str, t.Any]:
+    """A report's columns: a plain field path typed as that field, anything computed any JSON."""
+    return {
+        "type": "object",
+        "properties": {
+            name: field_schema(source, path) if source and path else ANY_JSON
+            for name, path in columns
+        },
+    }
+
+
+_SUMMARY_METRICS = th.ObjectType(
+    *(
+        th.Property(name, th.NumberType, description=description)
+        for name, description in (
+            ("start", "First span's start, unix seconds."),
+            ("end", "Last span's end, unix seconds."),
+            ("prompt_tokens", None),
+            ("completion_tokens", None),
+            ("total_tokens", None),
+            ("estimated_cost", None),
+            ("llm_calls", None),
+            ("tool_calls", None),
+            ("errors", None),
+            ("llm_duration", None),
+            ("time_to_first_token", None),
+        )
+    ),
+    additional_properties=True,
+)
+
+_SUMMARY_FIELDS = th.PropertiesList(
+    th.Property("root_span_id", th.StringType, required=True, description="The trace."),
+    th.Property("span_type_info", _FREE_OBJECT, description="`cached`, `has_error`."),
+    th.Property("scores", _SCORES, description="Each score averaged over the trace's spans."),
+    th.Property("metrics", _SUMMARY_METRICS, description="Aggregated over the trace's spans."),
+).to_dict()["properties"]
+
+_SUMMARY_ROOT_FIELDS = (
+    "id",
+    "_xact_id",
+    "_pagination_key",
+    "created",
+    "org_id",
+    "project_id",
+    "experiment_id",
+    "dataset_id",
+    "log_id",
+    "span_attributes",
+    "tags",
+    "input",
+    "output",
+    "expected",
+    "error",
+    "metadata",
+)
+
+
+def summary_schema(source: str) -> dict[str, t.Any]:
+    """One row per trace, as Braintrust's `summary` shape returns it.
+
+    The root span's fields (those the source's rows have) and the trace's aggregates, as
+    Braintrust computes them: nothing is recomputed here.
+    """
+    row_fields = ROW_SCHEMAS[source]["properties"]
+    properties = {name: row_fields[name] for name in _SUMMARY_ROOT_FIELDS if name in row_fields}
+    properties.update(_SUMMARY_FIELDS)
+    return {"type": "object", "properties": properties}

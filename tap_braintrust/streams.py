@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from tap_braintrust import schemas
 from tap_braintrust.client import BtqlStream, ObjectListingStream
+from tap_braintrust.custom import ReportStreamSpec, RowStreamSpec
 from tap_braintrust.errors import BraintrustError
 from tap_braintrust.incremental import (
     WATERMARK_KEY,
@@ -18,7 +20,17 @@ from tap_braintrust.incremental import (
     lookback,
     parse_xact_id,
 )
-from tap_braintrust.queries import OBJECT_ID_FIELD, ObjectBound, RowSource, RowsQuery
+from tap_braintrust.queries import (
+    MAX_PAGE_SIZE,
+    OBJECT_ID_FIELD,
+    FieldPath,
+    ObjectBound,
+    ReportQuery,
+    RowSource,
+    RowsQuery,
+    TraceShape,
+    TracesQuery,
+)
 from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
 
 if sys.version_info >= (3, 12):
@@ -27,11 +39,12 @@ else:
     from typing_extensions import override
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
     from singer_sdk import Tap
     from singer_sdk.helpers.types import Context, Record
 
+    from tap_braintrust.custom import CustomStreamSpec
     from tap_braintrust.transport import Transport
 
 
@@ -177,16 +190,30 @@ class EventStream(BtqlStream):
     keyed by its id, as when each object was read alone.
     """
 
-    source: ClassVar[RowSource]
+    source: RowSource
     replication_key = "created"
     is_sorted = False
+    row_filter: str | None = None
+    """A BTQL expression every row read must also match (custom streams)."""
+    columns: tuple[FieldPath, ...] | None = None
+    """The fields read (None: every field)."""
+    object_ids: frozenset[str] | None = None
+    """Only these of the listed objects (None: all of them)."""
 
-    def __init__(self, tap: Tap, transport: Transport, objects: ObjectListingStream) -> None:
+    def __init__(
+        self,
+        tap: Tap,
+        transport: Transport,
+        objects: ObjectListingStream,
+        *,
+        name: str | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> None:
         """The rows of the objects `objects` lists."""
         self.listing = objects
         self._reads: dict[str, _ObjectRead] = {}
         self._signpost = ""
-        super().__init__(tap, transport)
+        super().__init__(tap, transport, name=name, schema=schema)
 
     @property
     def parent_key(self) -> str:
@@ -223,7 +250,8 @@ class EventStream(BtqlStream):
             if isinstance(partition.get("context"), dict)
         }
         reads = [
-            self._object_read(obj["id"], partitions.get(obj["id"])) for obj in self.listing.objects
+            self._object_read(object_id, partitions.get(object_id))
+            for object_id in self._object_ids()
         ]
         reads.sort(key=lambda read: (read.bound.start, read.bound.object_id))
         self._reads = {read.bound.object_id: read for read in reads}
@@ -231,30 +259,40 @@ class EventStream(BtqlStream):
         for first in range(0, len(reads), size):
             yield from self._read(reads[first : first + size])
 
+    def _query(self, group: list[_ObjectRead]) -> RowsQuery:
+        return RowsQuery(
+            self.source, tuple(read.bound for read in group), self.row_filter, self.columns
+        )
+
     def _read(self, group: list[_ObjectRead]) -> Iterable[dict[str, Any]]:
         """Every row of the group's query, each object's watermark moving with the read."""
-        query = RowsQuery(self.source, tuple(read.bound for read in group))
-        self.logger.info(
-            "%s: reading %s, %d rows per page", self.name, query.describe(), self.page_size.current
-        )
-        in_query = {read.bound.object_id: read for read in group}
         progress = ReadProgress()
+        for read, row in self._changes(self._query(group), group, progress):
+            read.state[WATERMARK_KEY] = str(progress.watermark(read.watermark))
+            yield row
+        self._settle(group, progress)
+
+    def _changes(
+        self, query: RowsQuery, group: list[_ObjectRead], progress: ReadProgress
+    ) -> Iterator[tuple[_ObjectRead, dict[str, Any]]]:
+        """Each row of a query in `_xact_id` order, with the read of the object it belongs to.
+
+        `progress` follows the read; it is finished once the last row has been taken.
+        """
+        self._log_query(query)
+        in_query = {read.bound.object_id: read for read in group}
         ended_empty = False
         for page in self.query_pages(query):
             ended_empty = not page.rows
             progress.visible_through(page.last_processed_xact_id)
             for row in page.rows:
-                read = in_query.get(row.get(self.parent_key))  # type: ignore[arg-type]
+                read = self._routed(row, in_query)
                 xact_id = parse_xact_id(row.get("_xact_id"))
-                if read is None or xact_id is None:
-                    what = (
-                        f"without a valid _xact_id ({row.get('_xact_id')!r}), which change "
-                        "tracking needs"
-                        if read is not None
-                        else f"of {self.parent_key} {row.get(self.parent_key)!r}, which the "
-                        "query did not ask for"
+                if xact_id is None:
+                    msg = (
+                        f"{self.name}: Braintrust sent row {row.get('id')!r} without a valid "
+                        f"_xact_id ({row.get('_xact_id')!r}), which change tracking needs"
                     )
-                    msg = f"{self.name}: Braintrust sent row {row.get('id')!r} {what}"
                     raise BraintrustError(msg)
                 try:
                     progress.before_row(xact_id)
@@ -264,14 +302,41 @@ class EventStream(BtqlStream):
                         f"for {query.describe()}; stopping, as changes could be missed"
                     )
                     raise BraintrustError(msg) from exc
-                read.state[WATERMARK_KEY] = str(progress.watermark(read.watermark))
-                yield row
+                yield read, row
         progress.finish(ended_empty=ended_empty)
+
+    def _routed(self, row: Mapping[str, Any], in_query: Mapping[str, _ObjectRead]) -> _ObjectRead:
+        """The read of the object a row belongs to, which its query must have asked for."""
+        read = in_query.get(row.get(self.parent_key))  # type: ignore[arg-type]
+        if read is None:
+            msg = (
+                f"{self.name}: Braintrust sent row {row.get('id')!r} of {self.parent_key} "
+                f"{row.get(self.parent_key)!r}, which the query did not ask for"
+            )
+            raise BraintrustError(msg)
+        return read
+
+    def _settle(self, group: list[_ObjectRead], progress: ReadProgress) -> None:
+        """Move the group's watermarks to where the finished read got."""
         for read in group:
             read.state[WATERMARK_KEY] = str(progress.watermark(read.watermark))
         # A place to resume from after each query, as there was after each object when
         # objects were read one by one (written only if records went out since the last).
         self._write_state_message()
+
+    def _object_ids(self) -> list[str]:
+        """The ids of the objects whose rows this stream reads."""
+        listed = [obj["id"] for obj in self.listing.objects]
+        if self.object_ids is None:
+            return listed
+        if missing := sorted(self.object_ids - set(listed)):
+            msg = (
+                f"{self.name}: object_ids {', '.join(map(repr, missing))} are not among the "
+                f"{self.listing.name} of the selected projects; check the ids, `project_ids` / "
+                "`project_names`, and that `api_key` and `org_name` point at the right org"
+            )
+            raise BraintrustError(msg)
+        return [object_id for object_id in listed if object_id in self.object_ids]
 
     def _object_read(self, object_id: str, partition: dict[str, Any] | None) -> _ObjectRead:
         """Where an object's rows start, from its state partition (made if it has none)."""
@@ -377,3 +442,149 @@ class DatasetEventsStream(EventStream):
     source = "dataset"
     primary_keys = ("dataset_id", "id")
     schema = schemas.DATASET_EVENT
+
+
+class CustomRowStream(EventStream):
+    """A `custom_streams` row stream: a built-in row stream narrowed by filter and columns."""
+
+    def __init__(
+        self, tap: Tap, transport: Transport, objects: ObjectListingStream, spec: RowStreamSpec
+    ) -> None:
+        """The rows of `spec`, of the objects `objects` lists."""
+        self.source = spec.source
+        self.row_filter = spec.row_filter
+        self.columns = spec.columns
+        self.object_ids = spec.object_ids
+        super().__init__(tap, transport, objects, name=spec.name, schema=spec.schema)
+        self.primary_keys = spec.primary_keys
+
+
+ROOTS_PER_QUERY = 250
+"""Traces named in one query: about 25 KB of request body."""
+
+
+class TraceStream(CustomRowStream):
+    """A custom stream of whole traces: every span of each, or one summary row each.
+
+    A trace with any span written since the last run is read again whole. Which traces
+    those are comes from a narrow read of the changed spans (root ids only) in `_xact_id`
+    order, which moves the watermarks as for spans; the traces are then read by root id,
+    the user's filter deciding which of them the stream holds.
+    """
+
+    def __init__(
+        self, tap: Tap, transport: Transport, objects: ObjectListingStream, spec: RowStreamSpec
+    ) -> None:
+        """The traces of `spec`, of the objects `objects` lists."""
+        self.shape: TraceShape = "summary" if spec.shape == "summary" else "traces"
+        super().__init__(tap, transport, objects, spec)
+
+    @override
+    def _read(self, group: list[_ObjectRead]) -> Iterable[dict[str, Any]]:
+        progress = ReadProgress()
+        changed = RowsQuery(
+            self.source,
+            tuple(read.bound for read in group),
+            columns=((self.parent_key,), ("id",), ("_xact_id",), ("root_span_id",)),
+        )
+        roots: dict[str, dict[str, None]] = {}  # ordered sets, per object
+        for read, row in self._changes(changed, group, progress):
+            root = row.get("root_span_id") or row.get("id")
+            roots.setdefault(read.bound.object_id, {})[str(root)] = None
+        in_query = {read.bound.object_id: read for read in group}
+        every_trace = all(read.bound.start == (0, "") for read in group)
+        for query in self._trace_queries(roots, every_trace=every_trace):
+            self._log_query(query)
+            for page in self.query_pages(query):
+                for row in page.rows:
+                    self._routed(row, in_query)
+                    yield row
+        self._settle(group, progress)
+
+    def _trace_queries(
+        self, roots: dict[str, dict[str, None]], *, every_trace: bool
+    ) -> Iterator[TracesQuery]:
+        """Queries for the changed traces: all of the objects' when everything is new."""
+        if not roots:
+            return
+        if every_trace:
+            yield self._traces(tuple(roots), None)
+            return
+        pairs = [(object_id, root) for object_id, ids in roots.items() for root in ids]
+        for first in range(0, len(pairs), ROOTS_PER_QUERY):
+            chunk = pairs[first : first + ROOTS_PER_QUERY]
+            object_ids = tuple(dict.fromkeys(object_id for object_id, _ in chunk))
+            yield self._traces(object_ids, tuple(root for _, root in chunk))
+
+    def _traces(self, object_ids: tuple[str, ...], roots: tuple[str, ...] | None) -> TracesQuery:
+        return TracesQuery(
+            self.source,
+            object_ids,
+            self.shape,
+            self.row_filter,
+            roots,
+            self.columns,
+        )
+
+    @override
+    def post_process(self, row: Record, context: Context | None = None) -> Record | None:
+        if self.shape == "summary" and not row.get("root_span_id"):
+            row["root_span_id"] = row.get("id")  # the contract's fallback
+        return super().post_process(row, context)
+
+
+class ReportStream(BtqlStream):
+    """A `custom_streams` SQL report: each run's answer replaces the last one's.
+
+    The records carry a table version and an ACTIVATE_VERSION follows the last of them, so
+    a target that honours it (target-postgres with `hard_delete`) drops the rows today's
+    answer no longer has. A run that fails before the end activates nothing: the old
+    report stays as it was.
+    """
+
+    def __init__(self, tap: Tap, transport: Transport, spec: ReportStreamSpec) -> None:
+        """The report `spec` defines."""
+        self.spec = spec
+        super().__init__(tap, transport, name=spec.name, schema=spec.schema)
+        self.primary_keys = spec.primary_keys
+
+    @override
+    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
+        if self._stream_version is None:  # set when the SDK's own activation is on
+            self._stream_version = time.time_ns() // 1_000_000
+        query = ReportQuery(self.spec.sql, self.spec.tz_offset)
+        self._log_query(query)
+        wanted = self.spec.limit
+        read = 0
+        for page in self.query_pages(query):
+            rows = page.rows if wanted is None else page.rows[: wanted - read]
+            read += len(rows)
+            if page.cursor is None and len(page.rows) >= MAX_PAGE_SIZE and read != wanted:
+                msg = (
+                    f"{self.name}: Braintrust answered {query.describe()} with a full page "
+                    f"({len(page.rows)} rows) and no cursor, so the report may be cut short; "
+                    "narrow the query (a tighter WHERE, a coarser GROUP BY) or give it a "
+                    f"LIMIT of at most {MAX_PAGE_SIZE}"
+                )
+                raise BraintrustError(msg)
+            yield from rows
+            if read == wanted:
+                break
+        self._write_activate_version_message(self._stream_version)
+
+
+def custom_streams(
+    tap: Tap,
+    transport: Transport,
+    specs: list[CustomStreamSpec],
+    listings: Mapping[RowSource, ObjectListingStream],
+) -> list[BtqlStream]:
+    """The streams `custom_streams` defines, each reading from the run's listings."""
+    made: list[BtqlStream] = []
+    for spec in specs:
+        if isinstance(spec, ReportStreamSpec):
+            made.append(ReportStream(tap, transport, spec))
+        else:
+            kind = CustomRowStream if spec.shape == "spans" else TraceStream
+            made.append(kind(tap, transport, listings[spec.source], spec))
+    return made

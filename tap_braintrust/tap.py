@@ -18,6 +18,7 @@ from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError, FatalAPIError
 
 from tap_braintrust import streams
+from tap_braintrust.custom import read_custom_streams
 from tap_braintrust.errors import redact
 from tap_braintrust.inputs import InputFileError, check_catalog, check_state, read_json_object
 from tap_braintrust.timestamps import parse_timestamp
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
     from singer_sdk.plugin_base import _ConfigInput
     from singer_sdk.streams import Stream
+
+    from tap_braintrust.client import ObjectListingStream
+    from tap_braintrust.queries import RowSource
 
 DEFAULT_API_URL = "https://api.braintrust.dev"
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
@@ -185,6 +189,63 @@ class TapBraintrust(Tap):
                 "private CA. TLS is always verified."
             ),
         ),
+        th.Property(
+            "custom_streams",
+            th.ArrayType(
+                th.ObjectType(
+                    th.Property("name", th.StringType, description="The stream's name."),
+                    th.Property(
+                        "from",
+                        th.StringType,
+                        description=(
+                            "Row stream: project_logs, experiment or dataset (the rows of "
+                            "every object of that kind in the selected projects)."
+                        ),
+                    ),
+                    th.Property(
+                        "object_ids",
+                        th.ArrayType(th.StringType),
+                        description="Row stream: only these experiments, datasets or projects.",
+                    ),
+                    th.Property(
+                        "filter",
+                        th.StringType,
+                        description="Row stream: a BTQL expression, as in Braintrust's UI.",
+                    ),
+                    th.Property(
+                        "select",
+                        th.ArrayType(th.StringType),
+                        description="Row stream: field paths to keep, named by their last part.",
+                    ),
+                    th.Property(
+                        "shape",
+                        th.StringType,
+                        description="Row stream: spans (default), traces or summary.",
+                    ),
+                    th.Property(
+                        "sql",
+                        th.StringType,
+                        description="Report stream: a SQL query, its answer replaced each run.",
+                    ),
+                    th.Property(
+                        "primary_keys",
+                        th.ArrayType(th.StringType),
+                        description="Report stream: the columns that identify a row.",
+                    ),
+                    th.Property(
+                        "tz_offset",
+                        th.IntegerType,
+                        description="Report stream: minutes west of UTC for day boundaries.",
+                    ),
+                )
+            ),
+            title="Custom streams",
+            description=(
+                "More streams: BTQL-filtered rows, selected columns, whole traces or trace "
+                "summaries (with `from`), or SQL reports (with `sql`). See the README's "
+                "Custom streams section."
+            ),
+        ),
     ).to_dict()
 
     @override
@@ -195,6 +256,12 @@ class TapBraintrust(Tap):
         projects = streams.ProjectsStream(self, transport)
         experiments = streams.ExperimentsStream(self, transport, projects)
         datasets = streams.DatasetsStream(self, transport, projects)
+        specs, _ = read_custom_streams(self.config.get("custom_streams"), STREAM_NAMES)
+        listings: dict[RowSource, ObjectListingStream] = {
+            "project_logs": projects,
+            "experiment": experiments,
+            "dataset": datasets,
+        }
         return [
             projects,
             experiments,
@@ -202,6 +269,7 @@ class TapBraintrust(Tap):
             streams.ProjectLogsStream(self, transport, projects),
             streams.ExperimentEventsStream(self, transport, experiments),
             streams.DatasetEventsStream(self, transport, datasets),
+            *streams.custom_streams(self, transport, specs, listings),
         ]
 
     @override
@@ -239,8 +307,10 @@ class TapBraintrust(Tap):
             text = _read_input(state.read, state.name, param="--state", check=check_state)
             state = io.StringIO(text)
         if catalog is not None:
-            # Every stream here sets `name` on its class; the SDK declares it per instance.
-            names = set(STREAM_NAMES)
+            # The built-in streams set `name` on their class, custom ones come from the config.
+            config = kwargs.get("config")
+            custom = config.config.get("custom_streams") if config is not None else None
+            names = {*STREAM_NAMES, *_custom_names(custom)}
             text = _read_input(
                 catalog.read,
                 catalog.name,
@@ -276,6 +346,12 @@ STREAM_NAMES = (
     "dataset_events",
 )
 """The streams `discover_streams` makes; a catalog may name only these."""
+
+
+def _custom_names(custom_streams: Any) -> list[str]:
+    """The names `custom_streams` defines (its problems are reported by config validation)."""
+    specs, _ = read_custom_streams(custom_streams, STREAM_NAMES)
+    return [spec.name for spec in specs]
 
 
 def _read_input(
@@ -338,6 +414,7 @@ def config_problems(
             parse_timestamp(start_date)
         except ValueError as exc:
             problems.append(f"start_date: {exc}")
+    problems += read_custom_streams(config.get("custom_streams"), STREAM_NAMES)[1]
     for setting in ("project_ids", "project_names"):
         values = config.get(setting)
         if isinstance(values, list) and len(set(map(str, values))) != len(values):

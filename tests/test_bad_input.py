@@ -334,7 +334,7 @@ def test_a_400_shows_the_servers_message_and_the_query(run_tap: Callable[..., Ta
         run = run_tap({"api_key": API_KEY, "api_url": url})
     _clear_failure(run, 1, f'POST {url}/btql for project_logs("p-1") WHERE _xact_id > 0 ')
     assert (
-        "ORDER BY _xact_id ASC failed with 400 Bad Request. "
+        "ORDER BY _xact_id ASC (stream project_logs) failed with 400 Bad Request. "
         "Braintrust said: Unsupported function: project_logs"
     ) in run.stderr
     assert sum(path == "/btql" for path in paths) == 1  # a 400 is not retried

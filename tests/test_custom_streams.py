@@ -1,0 +1,288 @@
+"""`custom_streams` against the emulator: the export guide's recipes, incremental and whole-trace.
+
+Every stream's records are compared with the emulator's truth, worked out here by evaluating the
+same filter on the store's rows with the emulator's own BTQL evaluator: nothing is taken from
+what the tap sent. Requests are counted in the emulator's request log.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.activity import START, ManualClock, annotate, demo_before_a_run
+from tests.conftest import demo_of, tap_config
+from tests.emulator.btql import matches, parse_expression
+from tests.warehouse import fixed_width
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from tests.conftest import TapRun
+    from tests.emulator import Emulator
+
+OBJECT_KIND = {"project_logs": "project", "experiment": "experiment", "dataset": "dataset"}
+PARENT_KEY = {"project_logs": "project_id", "experiment": "experiment_id", "dataset": "dataset_id"}
+KEPT = ("id", "_xact_id", "created")
+
+# The export guide's workflows, as custom streams (README "Custom streams").
+ANNOTATED_LOGS = {
+    "name": "annotated_logs",
+    "from": "project_logs",
+    "filter": "tags includes 'annotated'",
+}
+TRAINING_SET = {
+    "name": "training_set",
+    "from": "dataset",
+    "select": ["input", "expected"],
+    "filter": "expected IS NOT NULL",
+}
+USER_CORRECTIONS = {
+    "name": "user_corrections",
+    "from": "project_logs",
+    "select": ["input", "output", "expected", "metadata.user_id"],
+    "filter": "expected IS NOT NULL AND metadata.user_correction = true",
+}
+RECENT_RATINGS = {
+    "name": "recent_ratings",
+    "from": "project_logs",
+    "select": ["created", "scores.user_rating", "scores.accuracy", "metadata.model"],
+    "filter": "created > now() - interval 7 day",
+}
+HIGHLY_RATED = {
+    "name": "highly_rated",
+    "from": "project_logs",
+    "filter": "scores.user_rating > 0.8",
+    "select": ["scores.user_rating", "metadata.model"],
+}
+RECIPES = (ANNOTATED_LOGS, TRAINING_SET, USER_CORRECTIONS, RECENT_RATINGS, HIGHLY_RATED)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def emu(clock: ManualClock) -> Iterator[Emulator]:
+    """The demo a day after it was written, on a clock that moves only when told to."""
+    with demo_before_a_run(clock) as emulator:
+        yield emulator
+
+
+def truth_of(emu: Emulator, spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The rows of a custom row stream, worked out from the store with the emulator's evaluator."""
+    source = spec["from"]
+    now = datetime.fromtimestamp(emu.store.clock(), tz=timezone.utc)
+    expression = parse_expression(spec["filter"]) if "filter" in spec else None
+    parent = PARENT_KEY[source]
+    table = {}
+    for obj in emu.store.objects(OBJECT_KIND[source]):  # type: ignore[arg-type]
+        if "object_ids" in spec and obj["id"] not in spec["object_ids"]:
+            continue
+        for row in emu.store.rows(source, obj["id"]):
+            if not matches(expression, row, now=now):
+                continue
+            row["created"] = fixed_width(row["created"])
+            if "select" in spec:
+                paths = [(parent,), *((name,) for name in KEPT)]
+                paths += [tuple(text.split(".")) for text in spec["select"]]
+                row = {path[-1]: lookup(row, path) for path in paths}
+            table[(obj["id"], row["id"])] = row
+    return table
+
+
+def lookup(row: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = row
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def keyed(run: TapRun, stream: str, parent: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """A stream's records by key, each key once."""
+    records = run.records(stream)
+    table = {(record[parent], record["id"]): record for record in records}
+    assert len(table) == len(records), f"{stream} sent a row twice"
+    return table
+
+
+def run_custom(
+    run_tap: Callable[..., TapRun], emu: Emulator, specs: list[dict[str, Any]], **kwargs: Any
+) -> TapRun:
+    """A run of only the custom streams `specs` define (their listings are still read)."""
+    config = tap_config(emu, custom_streams=specs)
+    discovered = run_tap(config, "--discover")
+    assert discovered.returncode == 0, discovered.stderr
+    catalog = json.loads(discovered.stdout)
+    names = {spec["name"] for spec in specs}
+    for entry in catalog["streams"]:
+        for metadata in entry["metadata"]:
+            if metadata["breadcrumb"] == []:
+                metadata["metadata"]["selected"] = entry["tap_stream_id"] in names
+    emu.request_log.clear()
+    run = run_tap(config, catalog=catalog, **kwargs)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def btql_requests(emu: Emulator) -> list[dict[str, Any]]:
+    return [r.json_body for r in emu.request_log if r.host == "api" and r.path == "/btql"]
+
+
+def test_export_guide_recipes_hold_exactly_the_matching_rows(
+    emu: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    for spec in RECIPES:
+        run = run_custom(run_tap, emu, [spec])
+        want = truth_of(emu, spec)
+        got = keyed(run, spec["name"], PARENT_KEY[spec["from"]])
+        assert got == want, spec["name"]
+        print(  # noqa: T201 - figures for the closing note
+            f"\n{spec['name']}: {len(got)} rows, {len(btql_requests(emu))} /btql requests"
+        )
+    # Not a recipe that matches nothing: each holds rows, and fewer than its whole source.
+    for spec in RECIPES:
+        assert 0 < len(truth_of(emu, spec)) < len(truth_of(emu, {"from": spec["from"]}))
+
+
+def test_select_keeps_the_keys_and_names_columns_by_their_last_part(
+    emu: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    run = run_custom(run_tap, emu, [USER_CORRECTIONS])
+    schema = run.schemas()["user_corrections"]
+    assert list(schema["schema"]["properties"]) == [
+        "project_id",
+        "id",
+        "_xact_id",
+        "created",
+        "input",
+        "output",
+        "expected",
+        "user_id",
+    ]
+    assert schema["key_properties"] == ["project_id", "id"]
+    assert schema["bookmark_properties"] == ["created"]
+    # The server was asked for just those columns.
+    body = btql_requests(emu)[0]
+    assert [item["alias"] for item in body["query"]["select"]] == list(
+        schema["schema"]["properties"]
+    )
+
+
+def test_an_or_filter_stays_one_operand_of_the_taps_conditions(
+    emu: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    """`a OR b` must not widen past the tap's own bounds (here: one dataset's rows)."""
+    dataset = demo_of(emu).datasets[0]["id"]
+    spec = {
+        "name": "either",
+        "from": "dataset",
+        "object_ids": [dataset],
+        "filter": "expected IS NOT NULL OR expected IS NULL",
+    }
+    run = run_custom(run_tap, emu, [spec])
+    got = keyed(run, "either", "dataset_id")
+    assert got == truth_of(emu, spec)
+    assert {dataset_id for dataset_id, _ in got} == {dataset}
+    body = btql_requests(emu)[0]
+    assert body["query"]["filter"]["op"] == "and"
+    assert body["query"]["filter"]["right"] == {"btql": spec["filter"]}
+
+
+def test_an_annotation_between_runs_makes_a_row_match_and_only_changes_are_sent(
+    emu: Emulator, clock: ManualClock, run_tap: Callable[..., TapRun]
+) -> None:
+    specs = [ANNOTATED_LOGS, TRAINING_SET]
+    first = run_custom(run_tap, emu, specs)
+    before = {spec["name"]: truth_of(emu, spec) for spec in specs}
+    changed = annotate(emu, clock)
+    after = {spec["name"]: truth_of(emu, spec) for spec in specs}
+    # The reviewer's tag made one more log row match, and the corrected record matches too.
+    newly_matching = {
+        name: after[name].keys() - before[name].keys()
+        for name in ("annotated_logs", "training_set")
+    }
+    assert len(newly_matching["annotated_logs"]) == 1
+    second = run_custom(run_tap, emu, specs, state=first.final_state)
+    for spec in specs:
+        name, parent = spec["name"], PARENT_KEY[spec["from"]]
+        loaded = keyed(first, name, parent) | keyed(second, name, parent)
+        assert loaded == after[name], name
+        sent_again = keyed(second, name, parent).keys()
+        assert newly_matching[name] <= sent_again
+        # Only changed rows (and the lookback's recent ones) come again, not the stream.
+        every_change = changed["project_logs"] | changed["dataset_events"]
+        assert sent_again <= every_change | _recent_keys(emu), name
+    # Two streams, one query each (a page and the empty end), plus the listings.
+    assert len(btql_requests(emu)) <= 2 * 2
+
+
+def _recent_keys(emu: Emulator) -> set[tuple[str, str]]:
+    """The demo's writes of the minute before the first run: what the lookback reads again."""
+    project = demo_of(emu).projects[0]["id"]
+    return {(project, f"recent-{n}") for n in range(3)}
+
+
+def test_a_filter_the_server_rejects_stops_the_run_with_its_message(
+    emu: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    spec = {"name": "broken", "from": "project_logs", "filter": "scores.accuracy >>> 1"}
+    run = run_tap(tap_config(emu, custom_streams=[spec]))
+    assert run.returncode == 1
+    assert "failed with 400" in run.stderr
+    assert "stream broken" in run.stderr
+    assert "(scores.accuracy >>> 1)" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.records("broken") == []
+
+
+def traces_truth(emu: Emulator, spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every span of each trace that has a span matching the filter."""
+    matching = truth_of(emu, {"from": spec["from"], "filter": spec["filter"]})
+    parent = PARENT_KEY[spec["from"]]
+    roots = {(row[parent], row["root_span_id"]) for row in matching.values()}
+    every = truth_of(emu, {"from": spec["from"]})
+    return {key: row for key, row in every.items() if (key[0], row["root_span_id"]) in roots}
+
+
+RATED_TRACES = {
+    "name": "rated_traces",
+    "from": "project_logs",
+    "shape": "traces",
+    "filter": "scores.user_rating > 0.8",
+}
+
+
+def test_a_traces_stream_holds_whole_traces_and_resends_a_changed_one_whole(
+    emu: Emulator, clock: ManualClock, run_tap: Callable[..., TapRun]
+) -> None:
+    first = run_custom(run_tap, emu, [RATED_TRACES])
+    want = traces_truth(emu, RATED_TRACES)
+    assert keyed(first, "rated_traces", "project_id") == want
+    # More spans than matched: the traces' other spans came too.
+    assert len(want) > len(
+        truth_of(emu, {"from": "project_logs", "filter": RATED_TRACES["filter"]})
+    )
+    # A child span of a matching trace is written again: its whole trace comes again.
+    project, row = next(
+        (key[0], r) for key, r in sorted(want.items()) if r["root_span_id"] != r["id"]
+    )
+    clock.advance(3600)
+    emu.store.merge_rows("project_logs", project, [{"id": row["id"], "tags": ["reviewed"]}])
+    clock.advance(600)
+    second = run_custom(run_tap, emu, [RATED_TRACES], state=first.final_state)
+    trace = {
+        key
+        for key, r in traces_truth(emu, RATED_TRACES).items()
+        if r["root_span_id"] == row["root_span_id"]
+    }
+    sent = keyed(second, "rated_traces", "project_id")
+    assert trace <= sent.keys()
+    assert sent[(project, row["id"])]["tags"] == ["reviewed"]
+    assert (keyed(first, "rated_traces", "project_id") | sent) == traces_truth(emu, RATED_TRACES)
+    # A narrow read of what changed, then the changed traces: a few requests, not one per trace.
+    assert len(btql_requests(emu)) <= 4
