@@ -383,10 +383,10 @@ class BtqlStream(BraintrustStream):
         """The stream's adaptive page size, kept from one query to the next."""
         return PageSize(int(self.config["page_size"]))
 
-    def _log_query(self, query: PageQuery) -> None:
-        self.logger.info(
-            "%s: reading %s, %d rows per page", self.name, query.describe(), self.page_size.current
-        )
+    def _log_query(self, query: PageQuery, *, sized: bool = True) -> None:
+        """Say what is read next; `sized`: with the rows asked for per page (not for SQL)."""
+        size = f", {self.page_size.current} rows per page" if sized else ""
+        self.logger.info("%s: reading %s%s", self.name, query.describe(), size)
 
     def query_pages(self, query: PageQuery) -> Generator[BtqlPage, None, None]:
         """Every page of `query`, until a page comes without a cursor.

@@ -271,7 +271,7 @@ def _report_stream(item: Mapping[str, Any], name: str) -> tuple[ReportStreamSpec
         names = (
             [c.name for c in columns]
             if columns is not None
-            else list(schemas.ROW_SCHEMAS[source]["properties"])  # type: ignore[index]
+            else list(schemas.ROW_SCHEMAS[str(source)]["properties"])
         )
         problems += [
             f"primary key {key!r} is not a column of the SQL (it has {', '.join(names)})"
@@ -337,6 +337,7 @@ def parse_report_sql(
             problems.append(
                 "`sql` selects * from a source the tap has no schema for; list its columns"
             )
+            return None
         return source, None, limit
     columns: list[ReportColumn] = []
     for position, item in enumerate(items, 1):

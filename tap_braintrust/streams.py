@@ -553,7 +553,7 @@ class ReportStream(BtqlStream):
         if self._stream_version is None:  # set when the SDK's own activation is on
             self._stream_version = time.time_ns() // 1_000_000
         query = ReportQuery(self.spec.sql, self.spec.tz_offset)
-        self._log_query(query)
+        self._log_query(query, sized=False)
         wanted = self.spec.limit
         read = 0
         for page in self.query_pages(query):
