@@ -224,7 +224,9 @@ def field_schema(source: str, path: tuple[str, ...]) -> dict[str, t.Any]:
         return ANY_JSON
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else list(types)
-    return schema if "null" in types else {**schema, "type": [*types, "null"]}
+    if len(path) == 1 or "null" in types:
+        return schema
+    return {**schema, "type": [*types, "null"]}
 
 
 def columns_schema(source: str, columns: tuple[tuple[str, ...], ...] | None) -> dict[str, t.Any]:

@@ -330,10 +330,11 @@ class EventStream(BtqlStream):
         if self.object_ids is None:
             return listed
         if missing := sorted(self.object_ids - set(listed)):
+            among = "" if self.source == "project_logs" else f" {self.listing.name} of the"
             msg = (
-                f"{self.name}: object_ids {', '.join(map(repr, missing))} are not among the "
-                f"{self.listing.name} of the selected projects; check the ids, `project_ids` / "
-                "`project_names`, and that `api_key` and `org_name` point at the right org"
+                f"{self.name}: object_ids {', '.join(map(repr, missing))} are not among the"
+                f"{among} selected projects; check the ids, `project_ids` / `project_names`, "
+                "and that `api_key` and `org_name` point at the org that owns them"
             )
             raise BraintrustError(msg)
         return [object_id for object_id in listed if object_id in self.object_ids]
@@ -481,6 +482,11 @@ class TraceStream(CustomRowStream):
 
     @override
     def _read(self, group: list[_ObjectRead]) -> Iterable[dict[str, Any]]:
+        # Watermarks move only once the traces are read; until then each partition keeps
+        # its last one, so a state written meanwhile (with a `created` bookmark) resumes
+        # from it rather than from the bookmark.
+        for read in group:
+            read.state.setdefault(WATERMARK_KEY, str(read.watermark))
         progress = ReadProgress()
         changed = RowsQuery(
             self.source,
@@ -538,8 +544,9 @@ class ReportStream(BtqlStream):
 
     The records carry a table version and an ACTIVATE_VERSION follows the last of them, so
     a target that honours it (target-postgres with `hard_delete`) drops the rows today's
-    answer no longer has. A run that fails before the end activates nothing: the old
-    report stays as it was.
+    answer no longer has. A run that fails before the end activates nothing, so nothing is
+    deleted: until a run completes, the table holds the old answer plus the rows already
+    sent (updated in place where the report has primary keys).
     """
 
     def __init__(self, tap: Tap, transport: Transport, spec: ReportStreamSpec) -> None:
@@ -548,10 +555,16 @@ class ReportStream(BtqlStream):
         super().__init__(tap, transport, name=spec.name, schema=spec.schema)
         self.primary_keys = spec.primary_keys
 
+    @property
+    @override
+    def emit_activate_version_messages(self) -> bool:
+        # The SDK's would come before the records (a run that fails midway would leave
+        # the table emptied) and count in seconds, below this stream's milliseconds.
+        return False
+
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
-        if self._stream_version is None:  # set when the SDK's own activation is on
-            self._stream_version = time.time_ns() // 1_000_000
+        self._stream_version = time.time_ns() // 1_000_000
         query = ReportQuery(self.spec.sql, self.spec.tz_offset)
         self._log_query(query, sized=False)
         wanted = self.spec.limit

@@ -298,3 +298,88 @@ def test_a_traces_stream_holds_whole_traces_and_resends_a_changed_one_whole(
     assert (keyed(first, "rated_traces", "project_id") | sent) == traces_truth(emu, RATED_TRACES)
     # A narrow read of what changed, then the changed traces: a few requests, not one per trace.
     assert len(btql_requests(emu)) <= 4
+
+
+TRACE_SUMMARIES: dict[str, Any] = {
+    "name": "trace_summaries",
+    "from": "project_logs",
+    "shape": "summary",
+    "filter": "scores.user_rating > 0.8",
+}
+
+
+def summary_truth(emu: Emulator, spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per matching trace: its root span, and each score's mean over the trace's spans."""
+    spans = traces_truth(emu, spec)
+    traces: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (project, _), span in spans.items():
+        traces.setdefault((project, span["root_span_id"]), []).append(span)
+    summaries = {}
+    for key, members in traces.items():
+        (root,) = [span for span in members if span["id"] == key[1]]
+        scores: dict[str, list[float]] = {}
+        for span in members:
+            for name, value in (span.get("scores") or {}).items():
+                if value is not None:
+                    scores.setdefault(name, []).append(value)
+        summaries[key] = {
+            "root": root,
+            "scores": {name: sum(values) / len(values) for name, values in scores.items()},
+        }
+    return summaries
+
+
+def test_a_summary_stream_holds_one_row_per_matching_trace_and_resends_a_changed_one(
+    emu: Emulator, clock: ManualClock, run_tap: Callable[..., TapRun]
+) -> None:
+    first = run_custom(run_tap, emu, [TRACE_SUMMARIES])
+    records = first.records("trace_summaries")
+    got = {(r["project_id"], r["root_span_id"]): r for r in records}
+    assert len(got) == len(records)
+    want = summary_truth(emu, TRACE_SUMMARIES)
+    assert got.keys() == want.keys()
+    for key, record in got.items():
+        root = want[key]["root"]
+        # The root span's values, whole (not 124-character previews), and Braintrust's means.
+        for field in ("id", "created", "input", "output", "expected", "metadata", "error"):
+            assert record[field] == root.get(field), (key, field)
+        assert record["scores"] == pytest.approx(want[key]["scores"]), key
+        assert "num_spans" not in record
+    print(f"\ntrace_summaries: {len(got)} rows, {len(btql_requests(emu))} /btql requests")  # noqa: T201
+    # A child span of a summarised trace gets a new score: that trace's summary comes again.
+    (project, _), child = min(
+        (key, span)
+        for key, span in traces_truth(emu, TRACE_SUMMARIES).items()
+        if span["root_span_id"] != span["id"]
+    )
+    trace = child["root_span_id"]
+    clock.advance(3600)
+    emu.store.merge_rows("project_logs", project, [{"id": child["id"], "scores": {"judge": 0.5}}])
+    clock.advance(600)
+    second = run_custom(run_tap, emu, [TRACE_SUMMARIES], state=first.final_state)
+    again = {(r["project_id"], r["root_span_id"]): r for r in second.records("trace_summaries")}
+    assert (project, trace) in again
+    assert again[(project, trace)]["scores"]["judge"] == pytest.approx(0.5)
+    # Only traces written since the first run (and the lookback's recent rows') come again.
+    assert len(again) <= 2
+
+
+def test_object_ids_narrow_a_stream_and_an_unknown_one_stops_the_run(
+    emu: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    experiments = [e["id"] for e in demo_of(emu).experiments]
+    spec = {"name": "two_experiments", "from": "experiment", "object_ids": experiments[:2]}
+    run = run_custom(run_tap, emu, [spec])
+    got = keyed(run, "two_experiments", "experiment_id")
+    assert got == truth_of(emu, spec)
+    assert {experiment for experiment, _ in got} == set(experiments[:2])
+    body = btql_requests(emu)[0]  # only those two are asked for
+    assert {arg["value"] for arg in body["query"]["from"]["args"]} == set(experiments[:2])
+    unknown = {**spec, "name": "missing", "object_ids": [experiments[0], "no-such-experiment"]}
+    failed = run_custom(run_tap, emu, [unknown], succeed=False)
+    assert failed.returncode == 1
+    assert (
+        "missing: object_ids 'no-such-experiment' are not among the experiments of the "
+        "selected projects"
+    ) in failed.stderr
+    assert failed.records("missing") == []
