@@ -69,19 +69,26 @@ _JSON_ARRAY = th.CustomType({"type": ["array", "null"]})
 _SCORES = th.CustomType(
     {"type": ["object", "null"], "additionalProperties": {"type": ["number", "null"]}}
 )
-_METRICS = th.ObjectType(
-    *(
-        th.Property(name, th.NumberType, description=description)
-        for name, description in (
-            ("start", "Span start, unix seconds."),
-            ("end", "Span end, unix seconds."),
-            ("prompt_tokens", None),
-            ("completion_tokens", None),
-            ("tokens", None),
-            ("estimated_cost", None),
-        )
-    ),
-    additional_properties=True,
+
+
+def _numbers(*fields: tuple[str, str | None]) -> th.ObjectType:
+    """An object of named numbers (each with its description), open to more."""
+    return th.ObjectType(
+        *(
+            th.Property(name, th.NumberType, description=description)
+            for name, description in fields
+        ),
+        additional_properties=True,
+    )
+
+
+_METRICS = _numbers(
+    ("start", "Span start, unix seconds."),
+    ("end", "Span end, unix seconds."),
+    ("prompt_tokens", None),
+    ("completion_tokens", None),
+    ("tokens", None),
+    ("estimated_cost", None),
 )
 _SPAN_ATTRIBUTES = th.ObjectType(
     th.Property("name", th.StringType),
@@ -252,24 +259,13 @@ def report_schema(
     }
 
 
-_SUMMARY_METRICS = th.ObjectType(
-    *(
-        th.Property(name, th.NumberType, description=description)
-        for name, description in (
-            ("start", "First span's start, unix seconds."),
-            ("end", "Last span's end, unix seconds."),
-            ("prompt_tokens", None),
-            ("completion_tokens", None),
-            ("total_tokens", None),
-            ("estimated_cost", None),
-            ("llm_calls", None),
-            ("tool_calls", None),
-            ("errors", None),
-            ("llm_duration", None),
-            ("time_to_first_token", None),
-        )
-    ),
-    additional_properties=True,
+_SUMMARY_METRICS = _numbers(
+    ("start", "First span's start, unix seconds."),
+    ("end", "Last span's end, unix seconds."),
+    *((name, None) for name in ("prompt_tokens", "completion_tokens", "total_tokens")),
+    *((name, None) for name in ("estimated_cost", "llm_calls", "tool_calls", "errors")),
+    ("llm_duration", None),
+    ("time_to_first_token", None),
 )
 
 _SUMMARY_FIELDS = th.PropertiesList(

@@ -51,6 +51,39 @@ PREFETCH_SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits for it, during a run."""
 
 
+_CUSTOM_STREAM_KEYS: tuple[tuple[str, th.JSONTypeHelper[Any], str], ...] = (
+    ("name", th.StringType(), "The stream's name."),
+    (
+        "from",
+        th.StringType(),
+        (
+            "Row stream: project_logs, experiment or dataset (the rows of every object of "
+            "that kind in the selected projects)."
+        ),
+    ),
+    (
+        "object_ids",
+        th.ArrayType(th.StringType),
+        "Row stream: only these experiments, datasets or projects.",
+    ),
+    ("filter", th.StringType(), "Row stream: a BTQL expression, as in Braintrust's UI."),
+    (
+        "select",
+        th.ArrayType(th.StringType),
+        "Row stream: field paths to keep, named by their last part.",
+    ),
+    ("shape", th.StringType(), "Row stream: spans (default), traces or summary."),
+    ("sql", th.StringType(), "Report stream: a SQL query, its answer replaced each run."),
+    (
+        "primary_keys",
+        th.ArrayType(th.StringType),
+        "Report stream: the columns that identify a row.",
+    ),
+    ("tz_offset", th.IntegerType(), "Report stream: minutes west of UTC for day boundaries."),
+)
+"""The keys of a `custom_streams` item; custom.py checks them, naming the stream."""
+
+
 class TapBraintrust(Tap):
     """Singer tap for Braintrust projects, experiments, datasets and their rows."""
 
@@ -193,50 +226,10 @@ class TapBraintrust(Tap):
             "custom_streams",
             th.ArrayType(
                 th.ObjectType(
-                    th.Property("name", th.StringType, description="The stream's name."),
-                    th.Property(
-                        "from",
-                        th.StringType,
-                        description=(
-                            "Row stream: project_logs, experiment or dataset (the rows of "
-                            "every object of that kind in the selected projects)."
-                        ),
-                    ),
-                    th.Property(
-                        "object_ids",
-                        th.ArrayType(th.StringType),
-                        description="Row stream: only these experiments, datasets or projects.",
-                    ),
-                    th.Property(
-                        "filter",
-                        th.StringType,
-                        description="Row stream: a BTQL expression, as in Braintrust's UI.",
-                    ),
-                    th.Property(
-                        "select",
-                        th.ArrayType(th.StringType),
-                        description="Row stream: field paths to keep, named by their last part.",
-                    ),
-                    th.Property(
-                        "shape",
-                        th.StringType,
-                        description="Row stream: spans (default), traces or summary.",
-                    ),
-                    th.Property(
-                        "sql",
-                        th.StringType,
-                        description="Report stream: a SQL query, its answer replaced each run.",
-                    ),
-                    th.Property(
-                        "primary_keys",
-                        th.ArrayType(th.StringType),
-                        description="Report stream: the columns that identify a row.",
-                    ),
-                    th.Property(
-                        "tz_offset",
-                        th.IntegerType,
-                        description="Report stream: minutes west of UTC for day boundaries.",
-                    ),
+                    *(
+                        th.Property(key, kind, description=description)
+                        for key, kind, description in _CUSTOM_STREAM_KEYS
+                    )
                 )
             ),
             title="Custom streams",
