@@ -281,7 +281,7 @@ def test_a_traces_stream_holds_whole_traces_and_resends_a_changed_one_whole(
     )
     # A child span of a matching trace is written again: its whole trace comes again.
     project, row = next(
-        (key[0], r) for key, r in sorted(want.items()) if r["root_span_id"] != r["id"]
+        (key[0], r) for key, r in sorted(want.items()) if r["root_span_id"] != r["span_id"]
     )
     clock.advance(3600)
     emu.store.merge_rows("project_logs", project, [{"id": row["id"], "tags": ["reviewed"]}])
@@ -316,7 +316,7 @@ def summary_truth(emu: Emulator, spec: dict[str, Any]) -> dict[tuple[str, str], 
         traces.setdefault((project, span["root_span_id"]), []).append(span)
     summaries = {}
     for key, members in traces.items():
-        (root,) = [span for span in members if span["id"] == key[1]]
+        (root,) = [span for span in members if span["span_id"] == key[1]]
         scores: dict[str, list[float]] = {}
         for span in members:
             for name, value in (span.get("scores") or {}).items():
@@ -350,7 +350,7 @@ def test_a_summary_stream_holds_one_row_per_matching_trace_and_resends_a_changed
     (project, _), child = min(
         (key, span)
         for key, span in traces_truth(emu, TRACE_SUMMARIES).items()
-        if span["root_span_id"] != span["id"]
+        if span["root_span_id"] != span["span_id"]
     )
     trace = child["root_span_id"]
     clock.advance(3600)

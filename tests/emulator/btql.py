@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, NamedTuple, NoReturn, TypeAlias
 
 
@@ -109,9 +109,58 @@ class Not:
     expr: Expr
 
 
-_EXPR_TYPES = (Ident, Literal, Now, Interval, Arith, Compare, InList, IsNull, And, Or, Not)
+@dataclass(frozen=True)
+class Bucket:
+    """``hour|day|week|month(expr)``: the start of the time bucket holding a timestamp.
+
+    Boundaries move with the request's ``tz_offset``; the value is that start in UTC.
+    """
+
+    unit: str
+    expr: Expr
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """An aggregate call of a SQL select list; ``arg`` None is ``count(*)``.
+
+    ``fraction`` is percentile's ``p``. Computed per group, never per row.
+    """
+
+    func: str
+    arg: Expr | None
+    fraction: float | None = None
+
+
+_EXPR_TYPES = (
+    Ident,
+    Literal,
+    Now,
+    Interval,
+    Arith,
+    Compare,
+    InList,
+    IsNull,
+    And,
+    Or,
+    Not,
+    Bucket,
+    Aggregate,
+)
 Expr: TypeAlias = (
-    Ident | Literal | Now | Interval | Arith | Compare | InList | IsNull | And | Or | Not
+    Ident
+    | Literal
+    | Now
+    | Interval
+    | Arith
+    | Compare
+    | InList
+    | IsNull
+    | And
+    | Or
+    | Not
+    | Bucket
+    | Aggregate
 )
 
 
@@ -133,7 +182,12 @@ class SelectItem:
 
 @dataclass(frozen=True)
 class Query:
-    """A parsed query, whichever of the three forms it came in."""
+    """A parsed query, whichever of the three forms it came in.
+
+    ``aggregate`` (SQL only) says the select list is computed per ``group_by`` group (one group
+    without GROUP BY); its ``sort`` then names select aliases. ``preview_length`` (None: the
+    default) only matters to the summary shape.
+    """
 
     source: str
     object_ids: tuple[str, ...]
@@ -143,10 +197,15 @@ class Query:
     sort: tuple[SortKey, ...]
     limit: int | None
     cursor: str | None
+    group_by: tuple[Expr, ...] = ()
+    aggregate: bool = False
+    preview_length: int | None = None
 
 
 SOURCES = ("project_logs", "experiment", "dataset", "project_prompts", "project_functions")
 SHAPES = ("spans", "traces", "summary")
+BUCKETS = ("hour", "day", "week", "month")
+AGGREGATES = ("count", "count_distinct", "sum", "avg", "min", "max", "any_value", "percentile")
 _UNITS = {alias: u for u in ("second", "minute", "hour", "day", "week") for alias in (u, f"{u}s")}
 _CMP_OPS = {"=": "eq", "!=": "ne", "<>": "ne", ">": "gt", ">=": "ge", "<": "lt", "<=": "le"}
 _OPERATOR_WORDS = ("and", "or", "not", "in", "is", "null", "like", "ilike", "includes", "contains")
@@ -156,7 +215,6 @@ _RESERVED = frozenset((*_OPERATOR_WORDS, *_CLAUSE_WORDS, "true", "false", "inter
 _SQL_UNSUPPORTED = {
     **dict.fromkeys(("join", "inner", "left", "right", "full", "cross", "natural", ","), "JOIN"),
     **dict.fromkeys(("union", "intersect", "except"), "UNION"),
-    "group": "GROUP BY",
     "having": "HAVING",
     "window": "window functions",
 }
@@ -256,6 +314,7 @@ class _Parser:
 
     def __init__(self, text: str) -> None:
         self.text, self.toks, self.i, self.sql = text, _tokenize(text), 0, False
+        self.aggregates_allowed = False  # only while reading a SQL select list, not nested
 
     def peek(self, ahead: int = 0) -> _Tok:
         return self.toks[min(self.i + ahead, len(self.toks) - 1)]
@@ -389,9 +448,10 @@ class _Parser:
             parts.append(self.advance().value)
         return Ident(tuple(parts))
 
-    def call(self) -> Now:
+    def call(self) -> Expr:
         name = self.advance()
-        if name.text.lower() != "now":
+        lower = name.text.lower()
+        if lower != "now":
             depth, ahead = 0, 0
             while self.peek(ahead).kind != "eof":  # find the closing ')' to spot an OVER clause
                 tok = self.peek(ahead)
@@ -401,9 +461,47 @@ class _Parser:
                     break
             if self.at("over", ahead=ahead):
                 self.fail("window functions are not supported", name)
-            self.fail(f"unknown function {name.text}(); only now() is supported", name)
-        self.close_paren(self.open_paren())
-        return Now()
+        opening = self.open_paren()
+        if lower == "now":
+            self.close_paren(opening)
+            return Now()
+        if lower in BUCKETS:
+            inner = self.expression()
+            self.close_paren(opening)
+            return Bucket(lower, inner)
+        if lower not in AGGREGATES:
+            self.fail(
+                f"unknown function {name.text}(); supported: now(), {', '.join(BUCKETS)}"
+                f" and, in a SQL select list, {', '.join(AGGREGATES)}",
+                name,
+            )
+        if not self.sql:
+            self.fail(f"aggregate function {lower}() is only supported in SQL", name)
+        if not self.aggregates_allowed:
+            self.fail(f"aggregate function {lower}() is only allowed in the select list", name)
+        self.aggregates_allowed = False  # no aggregate inside an aggregate
+        try:
+            return self.aggregate_call(lower, opening)
+        finally:
+            self.aggregates_allowed = True
+
+    def aggregate_call(self, func: str, opening: _Tok) -> Aggregate:
+        """Read an aggregate's arguments after its '('; count(*) counts rows."""
+        if func == "count" and self.take("*"):
+            self.close_paren(opening)
+            return Aggregate(func, None)
+        if self.at(")"):
+            self.fail(f"{func}() needs an argument")
+        arg = self.expression()
+        fraction = None
+        if func == "percentile":
+            self.expect(",")
+            tok = self.peek()
+            if tok.kind != "number" or not 0 <= tok.value <= 1:
+                self.unexpected("a number from 0 to 1 as percentile()'s fraction")
+            fraction = float(self.advance().value)
+        self.close_paren(opening)
+        return Aggregate(func, arg, fraction)
 
     def interval(self) -> Interval:
         amount = self.peek()
@@ -419,12 +517,19 @@ class _Parser:
             if self.at(","):
                 self.fail("'*' cannot be combined with other select items")
             return None
-        items = [self.select_item()]
-        while self.take(","):
-            items.append(self.select_item())
+        self.select_starts: list[_Tok] = []
+        items: list[SelectItem] = []
+        while not items or self.take(","):
+            start = self.peek()
+            item = self.select_item()
+            if self.sql and any(other.alias == item.alias for other in items):
+                self.fail(f"duplicate column name {item.alias!r} in the select list", start)
+            items.append(item)
+            self.select_starts.append(start)
         return tuple(items)
 
     def select_item(self) -> SelectItem:
+        """One item; SQL names a bare path by its last part, BTQL text by the whole path."""
         start = self.peek()
         expr = self.expression()
         if self.take("as"):
@@ -433,7 +538,7 @@ class _Parser:
             return SelectItem(expr, self.advance().value)
         if not isinstance(expr, Ident):
             self.fail("a computed select item needs an alias (AS name)", start)
-        return SelectItem(expr, ".".join(expr.path))
+        return SelectItem(expr, expr.path[-1] if self.sql else ".".join(expr.path))
 
     def source(self) -> tuple[str, tuple[str, ...], str | None]:
         if self.at("(") and self.at("select", ahead=1):
@@ -470,17 +575,73 @@ class _Parser:
             self.unexpected(f"{what} (a single-quoted string)")
         return str(self.advance().value)
 
-    def sort_keys(self) -> tuple[SortKey, ...]:
+    def sort_keys(self, select: tuple[SelectItem, ...] | None = None) -> tuple[SortKey, ...]:
+        """Sort keys; with an aggregate query's ``select``, each names a select item."""
         keys: list[SortKey] = []
         while not keys or self.take(","):
-            if self.peek().kind not in {"word", "qident"} or self.at(*_RESERVED):
-                self.unexpected("a field path to sort by")
-            path = self.path().path
+            tok = self.peek()
+            if select is not None and tok.kind == "number":
+                path: Path = (self.select_position(select, "ORDER BY").alias,)
+            else:
+                if tok.kind not in {"word", "qident"} or self.at(*_RESERVED):
+                    self.unexpected("a field path to sort by")
+                path = self.path().path
+                if select is not None:
+                    path = self.aggregate_sort_path(path, select, tok)
             descending = self.at("desc")
             if self.at("asc", "desc"):
                 self.advance()
             keys.append(SortKey(path, descending=descending))
         return tuple(keys)
+
+    def select_position(self, select: tuple[SelectItem, ...], clause: str) -> SelectItem:
+        """The select item a 1-based position (``GROUP BY 1``, ``ORDER BY 2``) names."""
+        tok = self.advance()
+        if not isinstance(tok.value, int) or not 1 <= tok.value <= len(select):
+            self.fail(
+                f"{clause} position {tok.text} is not in the select list (1 to {len(select)})", tok
+            )
+        return select[tok.value - 1]
+
+    def aggregate_sort_path(self, path: Path, select: tuple[SelectItem, ...], tok: _Tok) -> Path:
+        """Map an aggregate query's ORDER BY path to the alias of the select item it names."""
+        named = next((item for item in select if path == (item.alias,)), None)
+        named = named or next((item for item in select if item.expr == Ident(path)), None)
+        if named is None:
+            self.fail(
+                f"ORDER BY {'.'.join(path)} in an aggregate query must name a select item"
+                " (an alias, a selected path or a position)",
+                tok,
+            )
+        return (named.alias,)
+
+    def group_by(self, select: tuple[SelectItem, ...] | None, group: _Tok) -> tuple[Expr, ...]:
+        """GROUP BY items: expressions, select positions or select aliases, never aggregates."""
+        self.expect("by")
+        if select is None:
+            self.fail("GROUP BY needs a select list, not *", group)
+        items: list[Expr] = []
+        while not items or self.take(","):
+            tok = self.peek()
+            if tok.kind == "number" and self.item_ends(ahead=1):
+                items.append(self.select_position(select, "GROUP BY").expr)
+                continue
+            expr = self.expression()
+            named = next(
+                (i for i in select if isinstance(expr, Ident) and expr.path == (i.alias,)), None
+            )
+            if named is not None:
+                expr = named.expr
+            if _aggregates_in(expr):
+                self.fail("GROUP BY cannot name an aggregate", tok)
+            items.append(expr)
+        return tuple(items)
+
+    def item_ends(self, ahead: int) -> bool:
+        """Say whether a list item ends ``ahead`` tokens on (so a number there is a position)."""
+        if self.peek(ahead).kind == "eof":
+            return True
+        return self.at(",", ";", "order", "limit", "offset", "having", ahead=ahead)
 
     def limit(self) -> int:
         tok = self.peek()
@@ -494,26 +655,59 @@ class _Parser:
         self.expect("select")
         if self.at("distinct"):
             self.fail("DISTINCT is not supported")
+        self.aggregates_allowed = True
         select = self.select_list()
+        self.aggregates_allowed = False
         self.expect("from")
         source, ids, shape = self.source()
         where = self.expression() if self.take("where") else None
+        group_tok = self.peek()
+        group_by = self.group_by(select, group_tok) if self.take("group") else None
+        aggregate = group_by is not None or any(_aggregates_in(item.expr) for item in select or ())
+        if aggregate and select is not None:
+            self.check_grouped(select, group_by or ())
         sort: tuple[SortKey, ...] = ()
         if self.take("order"):
             self.expect("by")
-            sort = self.sort_keys()
+            sort = self.sort_keys(select if aggregate else None)
         limit = self.limit() if self.take("limit") else None
         cursor = None
         if self.take("offset"):
             if self.peek().kind == "number":
                 self.fail("OFFSET takes a cursor string; numeric OFFSET is not supported")
+            if aggregate:
+                self.fail("an aggregate query has no cursor; OFFSET is not supported with it")
             cursor = self.string("a cursor")
         self.take(";")
         if self.peek().kind != "eof":
             if feature := _SQL_UNSUPPORTED.get(self.peek().text.lower()):
                 self.fail(f"{feature} is not supported")
-            self.unexpected_after("WHERE, ORDER BY, LIMIT, OFFSET or the end of the query")
-        return Query(source, ids, shape or "spans", select, where, sort, limit, cursor)
+            self.unexpected_after(
+                "WHERE, GROUP BY, ORDER BY, LIMIT, OFFSET or the end of the query"
+            )
+        return Query(
+            source,
+            ids,
+            shape or "spans",
+            select,
+            where,
+            sort,
+            limit,
+            cursor,
+            group_by=group_by or (),
+            aggregate=aggregate,
+        )
+
+    def check_grouped(self, select: tuple[SelectItem, ...], group_by: tuple[Expr, ...]) -> None:
+        """Refuse a select item using a field outside its aggregates and the GROUP BY."""
+        for item, start in zip(select, self.select_starts, strict=True):
+            loose = _ungrouped_field(item.expr, group_by)
+            if loose is not None:
+                self.fail(
+                    f"{'.'.join(loose.path)} (in select item {item.alias!r}) must appear in"
+                    " GROUP BY or be inside an aggregate function",
+                    start,
+                )
 
     def btql_query(self) -> Query:
         parsers: dict[str, Callable[[], Any]] = {
@@ -523,6 +717,7 @@ class _Parser:
             "sort": self.sort_keys,
             "limit": self.limit,
             "cursor": lambda: self.string("a cursor"),
+            "preview_length": self.preview_length,
         }
         clauses: dict[str, Any] = {}
         while self.peek().kind != "eof":
@@ -553,6 +748,19 @@ class _Parser:
             clauses.get("sort", ()),
             clauses.get("limit"),
             clauses.get("cursor"),
+            preview_length=clauses.get("preview_length"),
+        )
+
+    def preview_length(self) -> int:
+        """``preview_length: N``: -1 (full values) or a positive number of characters."""
+        tok = self.peek()
+        negative = self.at("-") and self.peek(1).kind == "number"
+        number = self.peek(1) if negative else tok
+        if number.kind != "number" or not isinstance(number.value, int):
+            self.unexpected("an integer preview_length (-1 or at least 1)")
+        self.i += 1 + negative
+        return _preview_length(
+            -number.value if negative else number.value, _where(self.text, tok.pos)
         )
 
     def btql_from(self) -> tuple[str, tuple[str, ...], str]:
@@ -563,6 +771,40 @@ class _Parser:
                 self.fail(f"shape {word.text!r} conflicts with shape => '{shape}'", word)
             shape = word.text.lower()
         return source, ids, shape or "spans"
+
+
+def _preview_length(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
+        _fail(
+            f"preview_length must be -1 (full values) or an integer >= 1, got {value!r} at {where}"
+        )
+    return value
+
+
+def _children(expr: Expr) -> list[Expr]:
+    """The expressions directly inside ``expr``."""
+    nested = [getattr(expr, field.name) for field in fields(expr)]
+    flat = [c for child in nested for c in (child if isinstance(child, tuple) else (child,))]
+    return [c for c in flat if isinstance(c, _EXPR_TYPES)]
+
+
+def _aggregates_in(expr: Expr) -> list[Aggregate]:
+    """The aggregate calls in ``expr`` (none nest: the parser refuses that)."""
+    if isinstance(expr, Aggregate):
+        return [expr]
+    return [found for child in _children(expr) for found in _aggregates_in(child)]
+
+
+def _ungrouped_field(expr: Expr, group_by: tuple[Expr, ...]) -> Ident | None:
+    """A field of ``expr`` read outside its aggregates and GROUP BY expressions, if any."""
+    if expr in group_by or isinstance(expr, Aggregate):
+        return None
+    if isinstance(expr, Ident):
+        return expr
+    return next(
+        (found for c in _children(expr) if (found := _ungrouped_field(c, group_by)) is not None),
+        None,
+    )
 
 
 def _interval_unit(unit: str, where: str) -> str:
@@ -585,7 +827,7 @@ def _object_id(value: Any, where: str) -> str:
 
 # --- JSON AST -------------------------------------------------------------------------------
 
-_JSON_QUERY_KEYS = ("select", "from", "filter", "sort", "limit", "cursor")
+_JSON_QUERY_KEYS = ("select", "from", "filter", "sort", "limit", "cursor", "preview_length")
 
 
 def _json_typed(node: Any, kind: type, where: str) -> Any:
@@ -674,10 +916,17 @@ def _json_interval(obj: Mapping[str, Any], where: str) -> Interval:
     return Interval(float(amount), _interval_unit(str(obj.get("unit")), where))
 
 
-def _json_function(obj: Mapping[str, Any], where: str) -> Now:
-    if _json_path(obj.get("name"), f"{where}.name") != ("now",) or obj.get("args"):
-        _fail(f"unknown function at {where}; only now() is supported")
-    return Now()
+def _json_function(obj: Mapping[str, Any], where: str) -> Now | Bucket:
+    name = _json_path(obj.get("name"), f"{where}.name")
+    args = _json_typed(obj.get("args") or [], list, f"{where}.args")
+    if name == ("now",) and not args:
+        return Now()
+    if len(name) == 1 and name[0] in BUCKETS and len(args) == 1:
+        return Bucket(name[0], _json_expr(args[0], f"{where}.args[0]"))
+    _fail(
+        f"unknown function {'.'.join(name)!r} with {len(args)} argument(s) at {where};"
+        f" supported: now() and {', '.join(BUCKETS)} of one argument"
+    )
 
 
 _JSON_OPS: dict[str, Callable[[Mapping[str, Any], str], Expr]] = {
@@ -710,6 +959,7 @@ def _json_query(query: Mapping[str, Any]) -> Query:
     if cursor is not None and not isinstance(cursor, str):
         _fail(f"cursor must be a string or null, got {cursor!r}")
     filter_node = query.get("filter")
+    preview = query.get("preview_length")
     return Query(
         source,
         ids,
@@ -719,6 +969,7 @@ def _json_query(query: Mapping[str, Any]) -> Query:
         _json_sort(query.get("sort")),
         limit,
         cursor,
+        preview_length=None if preview is None else _preview_length(preview, "preview_length"),
     )
 
 
@@ -918,39 +1169,82 @@ def _lookup(row: Mapping[str, Any], path: Path) -> Any:
     return value
 
 
-def evaluate(expr: Expr, row: Mapping[str, Any], *, now: datetime) -> Any:
+def evaluate(
+    expr: Expr,
+    row: Mapping[str, Any],
+    *,
+    now: datetime,
+    tz_offset: int = 0,
+    aggregates: Mapping[Aggregate, Any] | None = None,
+) -> Any:
     """Compute ``expr`` for ``row``: a JSON value, datetime or timedelta, or None for NULL.
 
-    Predicates give True, False or None (unknown), as in SQL; ``now`` is the emulator clock.
+    Predicates give True, False or None (unknown), as in SQL; ``now`` is the emulator clock,
+    ``tz_offset`` the request's (minutes west of UTC, for time buckets), ``aggregates`` the
+    values of a group's aggregate calls (see `aggregate_rows`).
     """
     match expr:
         case Ident(path):
             return _lookup(row, path)
         case Literal(value):
             return value
+        case Arith(op, left, right) | Compare(op, left, right):
+            apply = _compare if isinstance(expr, Compare) else _arith
+            both = (
+                evaluate(side, row, now=now, tz_offset=tz_offset, aggregates=aggregates)
+                for side in (left, right)
+            )
+            return apply(op, *both)
+        case Now() | Interval() | Bucket() | Aggregate():
+            return _evaluate_call(expr, row, now=now, tz_offset=tz_offset, aggregates=aggregates)
+    return _evaluate_logic(expr, row, now=now, tz_offset=tz_offset, aggregates=aggregates)
+
+
+def _evaluate_call(
+    expr: Now | Interval | Bucket | Aggregate,
+    row: Mapping[str, Any],
+    *,
+    now: datetime,
+    tz_offset: int,
+    aggregates: Mapping[Aggregate, Any] | None,
+) -> Any:
+    match expr:
         case Now():
             return _as_datetime(now)
         case Interval(amount, unit):
             return timedelta(**{f"{unit}s": amount})
-        case Arith(op, left, right) | Compare(op, left, right):
-            apply = _compare if isinstance(expr, Compare) else _arith
-            return apply(op, evaluate(left, row, now=now), evaluate(right, row, now=now))
-    return _evaluate_logic(expr, row, now=now)
+        case Bucket(unit, inner):
+            value = evaluate(inner, row, now=now, tz_offset=tz_offset, aggregates=aggregates)
+            return time_bucket(unit, value, tz_offset)
+    if aggregates is None or expr not in aggregates:
+        msg = f"an aggregate outside an aggregate query: {expr!r}"
+        raise TypeError(msg)
+    return aggregates[expr]
 
 
-def _evaluate_logic(expr: Expr, row: Mapping[str, Any], *, now: datetime) -> bool | None:
+def _evaluate_logic(
+    expr: Expr,
+    row: Mapping[str, Any],
+    *,
+    now: datetime,
+    tz_offset: int,
+    aggregates: Mapping[Aggregate, Any] | None,
+) -> bool | None:
+    def value_of(node: Expr) -> Any:
+        return evaluate(node, row, now=now, tz_offset=tz_offset, aggregates=aggregates)
+
     def truth(node: Expr) -> bool | None:
-        value = evaluate(node, row, now=now)
+        value = value_of(node)
         return value if isinstance(value, bool) else None
 
     match expr:
         case InList(inner, values, negated):
-            value = evaluate(inner, row, now=now)
-            found = [_compare("eq", value, evaluate(v, row, now=now)) for v in values]
+            value = value_of(inner)
+            found = [_compare("eq", value, value_of(v)) for v in values]
             result = True if True in found else (None if None in found else False)
             return None if result is None else result != negated
         case IsNull(inner, negated):
-            return (evaluate(inner, row, now=now) is None) != negated
+            return (value_of(inner) is None) != negated
         case And(left, right):
             both = truth(left), truth(right)
             return False if False in both else (None if None in both else True)
@@ -964,17 +1258,132 @@ def _evaluate_logic(expr: Expr, row: Mapping[str, Any], *, now: datetime) -> boo
     raise TypeError(msg)
 
 
-def matches(expr: Expr | None, row: Mapping[str, Any], *, now: datetime) -> bool:
+def matches(
+    expr: Expr | None, row: Mapping[str, Any], *, now: datetime, tz_offset: int = 0
+) -> bool:
     """Say whether ``row`` passes a filter: no filter passes all, unknown (NULL) does not."""
-    return expr is None or evaluate(expr, row, now=now) is True
+    return expr is None or evaluate(expr, row, now=now, tz_offset=tz_offset) is True
+
+
+def time_bucket(unit: str, value: Any, tz_offset: int = 0) -> str | None:
+    """The UTC start (ISO-8601, ms, ``Z``) of the hour/day/week/month holding ``value``.
+
+    ``value`` is an ISO string, a datetime or unix seconds (anything else is NULL). Buckets
+    are cut in local time ``tz_offset`` minutes WEST of UTC (480: US Pacific standard time),
+    weeks starting on Monday; the start is given back in UTC (``...T08:00:00.000Z``).
+    """
+    try:
+        if _kind(value) == "number":
+            moment: datetime | None = datetime.fromtimestamp(value, tz=timezone.utc)
+        else:
+            moment = _as_datetime(value)
+        if moment is None:
+            return None
+        shift = timedelta(minutes=tz_offset)
+        local = moment - shift
+        start = local.replace(minute=0, second=0, microsecond=0)
+        if unit != "hour":
+            start = start.replace(hour=0)
+        if unit == "week":
+            start -= timedelta(days=start.weekday())
+        elif unit == "month":
+            start = start.replace(day=1)
+        start += shift
+    except (OverflowError, OSError, ValueError):  # beyond datetime's years 1..9999
+        return None
+    return start.strftime("%Y-%m-%dT%H:%M:%S.") + f"{start.microsecond // 1000:03d}Z"
+
+
+def _value_key(value: Any) -> tuple[str, Any]:
+    """A hashable identity for grouping and count_distinct: 1 and 1.0 are one value."""
+    kind = _kind(value)
+    if kind == "number":
+        return (kind, float(value))
+    if kind in {"bool", "str", "NoneType"}:
+        return (kind, value)
+    return ("json", json.dumps(value, sort_keys=True, default=str))
+
+
+def _percentile(numbers: list[float], fraction: float) -> float | None:
+    """Linear interpolation between the closest ranks (as numpy's default and Postgres's
+    percentile_cont): position ``fraction * (n - 1)`` in the sorted values."""
+    if not numbers:
+        return None
+    ordered = sorted(numbers)
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _aggregate(
+    call: Aggregate, rows: list[Mapping[str, Any]], *, now: datetime, tz_offset: int
+) -> Any:
+    """One aggregate over a group's rows, ignoring NULLs as SQL does (all NULL: NULL)."""
+    if call.arg is None:
+        return len(rows)
+    arg = call.arg
+    values = [
+        value
+        for row in rows
+        if (value := evaluate(arg, row, now=now, tz_offset=tz_offset)) is not None
+    ]
+    numbers = [value for value in values if _kind(value) == "number"]
+    reducers: dict[str, Callable[[], Any]] = {
+        "count": lambda: len(values),
+        "count_distinct": lambda: len({_value_key(value) for value in values}),
+        "sum": lambda: sum(numbers) if numbers else None,
+        "avg": lambda: sum(numbers) / len(numbers) if numbers else None,
+        "percentile": lambda: _percentile(numbers, call.fraction or 0.0),
+        "min": lambda: min(values, key=_order_of) if values else None,
+        "max": lambda: max(values, key=_order_of) if values else None,
+        "any_value": lambda: values[0] if values else None,
+    }
+    return reducers[call.func]()
+
+
+def aggregate_rows(
+    query: Query, rows: Iterable[Mapping[str, Any]], *, now: datetime, tz_offset: int = 0
+) -> list[dict[str, Any]]:
+    """Answer an aggregate query over rows already filtered by its WHERE.
+
+    Groups come in the order of their first row (ORDER BY sorts them, by select alias); without
+    GROUP BY there is exactly one group, even for no rows (count 0, sum NULL).
+    """
+    select = query.select or ()
+    groups: dict[tuple[tuple[str, Any], ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = tuple(
+            _value_key(evaluate(expr, row, now=now, tz_offset=tz_offset)) for expr in query.group_by
+        )
+        groups.setdefault(key, []).append(row)
+    if not query.group_by and not groups:
+        groups[()] = []
+    calls = {call for item in select for call in _aggregates_in(item.expr)}
+    answer = []
+    for members in groups.values():
+        values = {call: _aggregate(call, members, now=now, tz_offset=tz_offset) for call in calls}
+        sample = members[0] if members else {}  # grouped fields are equal on every member
+        answer.append(
+            {
+                item.alias: evaluate(
+                    item.expr, sample, now=now, tz_offset=tz_offset, aggregates=values
+                )
+                for item in select
+            }
+        )
+    sort_rows(answer, query.sort)
+    return answer
+
+
+def sort_rows(rows: list[dict[str, Any]], sort: tuple[SortKey, ...]) -> None:
+    """Sort built rows (aggregate or summary rows) in place, the first key deciding first."""
+    for sort_key in reversed(sort):
+        rows.sort(key=partial(sort_value, sort_key.path), reverse=sort_key.descending)
 
 
 def _has_field(expr: Expr) -> bool:
-    if isinstance(expr, Ident):
-        return True
-    children = [getattr(expr, field.name) for field in fields(expr)]
-    flat = [c for child in children for c in (child if isinstance(child, tuple) else (child,))]
-    return any(isinstance(c, _EXPR_TYPES) and _has_field(c) for c in flat)
+    return isinstance(expr, Ident) or any(map(_has_field, _children(expr)))
 
 
 def constrained_fields(expr: Expr | None) -> frozenset[str]:
@@ -1008,6 +1417,11 @@ def sort_value(path: Path, row: Mapping[str, Any]) -> tuple[int, Any]:
     value = _lookup(row, path)
     if path == ("_xact_id",) and (number := _as_int(value)) is not None:
         return (2, number)
+    return _order_of(value)
+
+
+def _order_of(value: Any) -> tuple[int, Any]:
+    """The total-order key of one value (see `sort_value`)."""
     if value is None:
         return (0, 0)
     rank = {"bool": 1, "number": 2, "str": 3}.get(_kind(value))

@@ -34,13 +34,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from tests.emulator.btql import (
+    Aggregate,
     BTQLError,
+    Bucket,
+    Expr,
     Ident,
     Query,
+    aggregate_rows,
     constrained_fields,
     evaluate,
     matches,
     parse_query,
+    sort_rows,
     sort_value,
 )
 from tests.emulator.faults import FaultInjector, FaultRule
@@ -59,6 +64,7 @@ from tests.emulator.store import (
     iso_ms,
     order_key,
 )
+from tests.emulator.summary import representative, summary_row, summary_schema
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -70,6 +76,14 @@ MAX_LIMIT = 1000
 DEFAULT_ORDER: Order = (("_pagination_key", True),)
 _CURSOR_FIELDS = frozenset({("_pagination_key",), ("_xact_id",)})
 _RANGE_FIELDS = frozenset({"created", "_xact_id", "_pagination_key", "id", "root_span_id"})
+_SUMMARY_CURSOR = "summary|"
+"""Prefix of a summary page's cursor signature: its positions are traces', not spans'."""
+_MAX_TZ_OFFSET = 1440
+_AGGREGATE_SCHEMAS: dict[str, dict[str, Any]] = {
+    **{name: {"type": "integer"} for name in ("count", "count_distinct")},
+    **{name: {"type": ["number", "null"]} for name in ("sum", "avg", "percentile")},
+}
+_BUCKET_SCHEMA = {"type": ["string", "null"], "format": "date-time"}
 _MISSING_RANGE_WARNING = {
     "code": "missingSegmentEliminationSpecs",
     "message": "No filters available for segment elimination. Add a range filter on created, "
@@ -211,9 +225,13 @@ class Request:
 
 
 def _json_bytes(payload: Any) -> bytes:
-    return json.dumps(
-        payload, ensure_ascii=False, separators=(",", ":"), default=_json_default
-    ).encode()
+    """Compact UTF-8 JSON; text with a lone surrogate goes out with ``\\u`` escapes instead."""
+    try:
+        return json.dumps(
+            payload, ensure_ascii=False, separators=(",", ":"), default=_json_default
+        ).encode()
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":"), default=_json_default).encode()
 
 
 def _json_default(value: Any) -> Any:
@@ -237,13 +255,16 @@ def error_response(
     return json_response({"Message": message}, status, headers)
 
 
-def _encode_cursor(order: Order, key: tuple[int, ...]) -> str:
-    raw = _json_bytes({"o": _order_signature(order), "k": list(key)})
+def _encode_cursor(order: Order, key: tuple[int, ...], scope: str = "") -> str:
+    raw = _json_bytes({"o": scope + _order_signature(order), "k": list(key)})
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, order: Order) -> tuple[int, ...]:
-    """The position a cursor points after; 400 if it is malformed or made for another sort."""
+def _decode_cursor(cursor: str, order: Order, scope: str = "") -> tuple[int, ...]:
+    """The position a cursor points after; 400 if it is malformed or made for another sort.
+
+    ``scope`` tells apart cursors of the same order over other things (summary rows).
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
@@ -251,7 +272,7 @@ def _decode_cursor(cursor: str, order: Order) -> tuple[int, ...]:
         position = tuple(int(part) for part in key)
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
         raise ApiError(400, "malformed cursor") from exc
-    if signature != _order_signature(order) or len(position) != _key_length(order):
+    if signature != scope + _order_signature(order) or len(position) != _key_length(order):
         raise ApiError(400, "the cursor was made for a different sort; restart without it")
     return position
 
@@ -267,6 +288,43 @@ def _order_signature(order: Order) -> str:
 
 def _sort_key(path: tuple[str, ...]) -> Callable[[StoredRow], tuple[int, Any]]:
     return lambda row: sort_value(path, row.row)
+
+
+def _tz_offset(body: dict[str, Any]) -> int:
+    """The request's ``tz_offset``: integer minutes WEST of UTC (480 = US Pacific standard)."""
+    value = body.get("tz_offset")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"tz_offset must be an integer number of minutes, got {value!r}")
+    if abs(value) > _MAX_TZ_OFFSET:
+        raise ApiError(
+            400, f"tz_offset must be within -{_MAX_TZ_OFFSET} and {_MAX_TZ_OFFSET}, got {value}"
+        )
+    return value
+
+
+def _first_traces(rows: list[StoredRow], limit: int) -> list[StoredRow]:
+    """The leading rows that belong to at most `limit` distinct traces."""
+    roots: set[str] = set()
+    kept = []
+    for row in rows:
+        root = row.row["root_span_id"]
+        if root not in roots:
+            if len(roots) >= limit:
+                break
+            roots.add(root)
+        kept.append(row)
+    return kept
+
+
+def _item_schema(expr: Expr, columns: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The JSON Schema of one select item: its column's, an aggregate's or a bucket's."""
+    if isinstance(expr, Ident) and len(expr.path) == 1:
+        return columns.get(expr.path[0], {})
+    if isinstance(expr, Aggregate):
+        return _AGGREGATE_SCHEMAS.get(expr.func, {})
+    return _BUCKET_SCHEMA if isinstance(expr, Bucket) else {}
 
 
 def _xact_param(value: Any, name: str) -> int:
@@ -642,10 +700,13 @@ class Emulator:
             if query.source == "project_logs":
                 raise ApiError(400, "version is not supported for project_logs")
             as_of = _xact_param(body["version"], "version")
-        if query.shape == "summary":
-            raise ApiError(400, "shape 'summary' is not supported by the emulator")
+        tz_offset = _tz_offset(body)
         limit = self._page_limit(query.limit)
-        page = self._page(query, limit, as_of) if query.source in ROW_SOURCES else _Page([], None)
+        page = (
+            self._page(query, limit, as_of, tz_offset)
+            if query.source in ROW_SOURCES
+            else _Page([], None)
+        )
         realtime = bool(body.get("brainstore_realtime"))
         response = self._btql_response(query, page, fmt=fmt, realtime=realtime)
         store = self.object_store
@@ -735,12 +796,23 @@ class Emulator:
             return MAX_LIMIT
         return limit
 
-    def _page(self, query: Query, limit: int, as_of: int | None) -> _Page:
-        """Rows of one page: cursor paging for `_pagination_key`/`_xact_id` sorts, else one shot."""
+    def _page(self, query: Query, limit: int, as_of: int | None, tz_offset: int) -> _Page:
+        """Rows of one page: cursor paging for `_pagination_key`/`_xact_id` sorts, else one shot.
+
+        With the traces shape `limit` counts traces (a page holds spans of at most `limit`
+        of them); the cursor stays a span position, so a trace may continue on the next page.
+        """
         source: RowSource = query.source  # type: ignore[assignment]
         now = datetime.fromtimestamp(self.store.clock(), tz=timezone.utc)
-        keep = self._row_filter(query, source, as_of, now)
-        encode = self._row_encoder(query, now)
+        if query.shape == "summary":
+            return self._summary_page(query, limit, as_of, now, tz_offset)
+        keep = self._row_filter(query, source, as_of, now, tz_offset)
+        if query.aggregate:
+            view = self.store.ordered(source, query.object_ids, DEFAULT_ORDER, as_of=as_of)
+            rows = [row.row for row in view.rows if keep(row)]
+            return self._aggregate_page(query, rows, limit, now, tz_offset)
+        encode = self._row_encoder(query, now, tz_offset)
+        traces = query.shape == "traces"
         if not all(key.path in _CURSOR_FIELDS for key in query.sort):
             if query.cursor is not None:
                 raise ApiError(400, "a cursor needs a sort on _pagination_key or _xact_id only")
@@ -753,62 +825,170 @@ class Emulator:
             ]
             for key in reversed(query.sort):
                 matched.sort(key=_sort_key(key.path), reverse=key.descending)
-            return _Page([encode(row) for row in matched[:limit]], None)
+            page = _first_traces(matched, limit) if traces else matched[:limit]
+            return _Page([encode(row) for row in page], None)
         order: Order = tuple((key.path[0], key.descending) for key in query.sort) or DEFAULT_ORDER
         view = self.store.ordered(source, query.object_ids, order, as_of=as_of)
         start = bisect_right(view.keys, _decode_cursor(query.cursor, order)) if query.cursor else 0
+        return self._cursor_page(
+            view, start, order=order, keep=keep, encode=encode, limit=limit, traces=traces
+        )
+
+    def _cursor_page(  # noqa: PLR0913 - one page's whole state
+        self,
+        view: OrderedRows,
+        start: int,
+        *,
+        order: Order,
+        keep: Callable[[StoredRow], bool],
+        encode: Callable[[StoredRow], bytes],
+        limit: int,
+        traces: bool,
+    ) -> _Page:
+        """Rows from `start` on, up to `limit` rows (traces) and the byte budget, and a cursor."""
         rows: list[bytes] = []
+        roots: set[str] = set()
         size = 0
         last = -1
         for index in range(start, len(view.rows)):
-            if len(rows) >= limit:
+            if not traces and len(rows) >= limit:
                 break
             row = view.rows[index]
             if not keep(row):
                 continue
+            root = row.row["root_span_id"]
+            if traces and root not in roots and len(roots) >= limit:
+                break
             encoded = encode(row)
             if rows and size + len(encoded) > self.page_byte_budget:
                 break
             rows.append(encoded)
+            roots.add(root)
             size += len(encoded)
             last = index
         return _Page(rows, _encode_cursor(order, view.keys[last]) if rows else None)
 
+    @staticmethod
+    def _aggregate_page(
+        query: Query, rows: list[dict[str, Any]], limit: int, now: datetime, tz_offset: int
+    ) -> _Page:
+        """An aggregate answer: at most `limit` rows and never a cursor (nor a byte cut)."""
+        answer = aggregate_rows(query, rows, now=now, tz_offset=tz_offset)
+        return _Page([_json_bytes(row) for row in answer[:limit]], None)
+
+    def _summary_page(
+        self, query: Query, limit: int, as_of: int | None, now: datetime, tz_offset: int
+    ) -> _Page:
+        """One summary row per trace with a span passing the filter, paged by trace.
+
+        Only a `_pagination_key` sort (or none: descending) pages with a cursor, keyed on each
+        trace's representative span; other sorts answer up to `limit` rows with no cursor.
+        """
+        source: RowSource = query.source  # type: ignore[assignment]
+        descending = query.sort[0].descending if query.sort else True
+        order: Order = (("_pagination_key", descending),)
+        keyed = sorted(
+            (
+                (order_key(representative(trace), order), trace)
+                for trace in self._matching_traces(query, as_of, now, tz_offset)
+            ),
+            key=lambda pair: pair[0],
+        )
+
+        def build(trace: list[StoredRow]) -> dict[str, Any]:
+            return summary_row(source, trace, query.preview_length)
+
+        if query.aggregate:
+            rows = [build(trace) for _, trace in keyed]
+            return self._aggregate_page(query, rows, limit, now, tz_offset)
+        project = self._projection(query, now, tz_offset)
+        if query.sort and (len(query.sort) > 1 or query.sort[0].path != ("_pagination_key",)):
+            if query.cursor is not None:
+                raise ApiError(400, "a cursor on summary rows needs a sort on _pagination_key only")
+            summaries = [build(trace) for _, trace in keyed]
+            sort_rows(summaries, query.sort)
+            return _Page([_json_bytes(project(row)) for row in summaries[:limit]], None)
+        keys = [key for key, _ in keyed]
+        start = 0
+        if query.cursor:
+            start = bisect_right(keys, _decode_cursor(query.cursor, order, _SUMMARY_CURSOR))
+        page: list[bytes] = []
+        size = 0
+        for index in range(start, min(len(keyed), start + limit)):
+            encoded = _json_bytes(project(build(keyed[index][1])))
+            if page and size + len(encoded) > self.page_byte_budget:
+                break
+            page.append(encoded)
+            size += len(encoded)
+        last = start + len(page) - 1
+        return _Page(page, _encode_cursor(order, keys[last], _SUMMARY_CURSOR) if page else None)
+
+    def _matching_traces(
+        self, query: Query, as_of: int | None, now: datetime, tz_offset: int
+    ) -> list[list[StoredRow]]:
+        """The visible spans of each trace with at least one span passing the filter."""
+        source: RowSource = query.source  # type: ignore[assignment]
+        spans = self.store.ordered(source, query.object_ids, DEFAULT_ORDER, as_of=as_of).rows
+        grouped: dict[str, list[StoredRow]] = {}
+        hits: set[str] = set()
+        for span in spans:
+            root = span.row["root_span_id"]
+            grouped.setdefault(root, []).append(span)
+            if root not in hits and matches(query.filter, span.row, now=now, tz_offset=tz_offset):
+                hits.add(root)
+        return [trace for root, trace in grouped.items() if root in hits]
+
+    @staticmethod
+    def _projection(
+        query: Query, now: datetime, tz_offset: int
+    ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """The select list applied to an already built row (a summary row)."""
+        if query.select is None:
+            return lambda row: row
+        items = query.select
+        return lambda row: {
+            item.alias: evaluate(item.expr, row, now=now, tz_offset=tz_offset) for item in items
+        }
+
     def _row_filter(
-        self, query: Query, source: RowSource, as_of: int | None, now: datetime
+        self, query: Query, source: RowSource, as_of: int | None, now: datetime, tz_offset: int
     ) -> Callable[[StoredRow], bool]:
         if query.shape == "traces":
             spans = self.store.ordered(source, query.object_ids, DEFAULT_ORDER, as_of=as_of).rows
             roots = {
-                row.row["root_span_id"] for row in spans if matches(query.filter, row.row, now=now)
+                row.row["root_span_id"]
+                for row in spans
+                if matches(query.filter, row.row, now=now, tz_offset=tz_offset)
             }
             return lambda row: row.row["root_span_id"] in roots
         if query.filter is None:
             return lambda _row: True
         expr = query.filter
-        return lambda row: matches(expr, row.row, now=now)
+        return lambda row: matches(expr, row.row, now=now, tz_offset=tz_offset)
 
     @staticmethod
-    def _row_encoder(query: Query, now: datetime) -> Callable[[StoredRow], bytes]:
+    def _row_encoder(query: Query, now: datetime, tz_offset: int) -> Callable[[StoredRow], bytes]:
         if query.select is None:
             return StoredRow.json_bytes
         items = query.select
         return lambda row: _json_bytes(
-            {item.alias: evaluate(item.expr, row.row, now=now) for item in items}
+            {
+                item.alias: evaluate(item.expr, row.row, now=now, tz_offset=tz_offset)
+                for item in items
+            }
         )
 
     @staticmethod
     def _schema(query: Query) -> dict[str, Any]:
-        columns = ROW_FIELDS.get(query.source, ())  # type: ignore[call-overload]
+        """JSON Schema of the answer's rows: the source's columns, or summary or select items."""
+        source: RowSource = query.source  # type: ignore[assignment]
+        summary = query.shape == "summary" and query.source in ROW_SOURCES
+        columns = summary_schema(source, query.preview_length) if summary else FIELD_SCHEMAS
         if query.select is None:
-            properties = {name: FIELD_SCHEMAS[name] for name in columns}
+            names = ROW_FIELDS.get(source, ())
+            properties = columns if summary else {name: FIELD_SCHEMAS[name] for name in names}
         else:
-            properties = {
-                item.alias: FIELD_SCHEMAS.get(item.expr.path[0], {})
-                if isinstance(item.expr, Ident) and len(item.expr.path) == 1
-                else {}
-                for item in query.select
-            }
+            properties = {item.alias: _item_schema(item.expr, columns) for item in query.select}
         return {"type": "array", "items": {"type": "object", "properties": properties}}
 
     # Legacy fetch (what SDK 0.47.0 reads experiments and datasets with) --------------------

@@ -111,7 +111,7 @@ def test_sql_select_items_and_aliases() -> None:
     assert query.select == (
         SelectItem(f("id"), "id"),
         SelectItem(f("metadata", "model"), "model"),
-        SelectItem(f("scores", "my score"), "scores.my score"),
+        SelectItem(f("scores", "my score"), "my score"),  # SQL: the last part is the name
         SelectItem(cmp("eq", "is_root", True), "root"),
     )
 
@@ -640,13 +640,20 @@ def test_sort_value_orders_xact_ids_numerically_and_reads_paths() -> None:
         ),
         (
             "SELECT * FROM project_logs('p') WHERE foo(1) = 2",
-            "unknown function foo(); only now() is supported at column 39",
+            (
+                "unknown function foo(); supported: now(), hour, day, week, month and, in a SQL"
+                " select list, count, count_distinct, sum, avg, min, max, any_value, percentile"
+                " at column 39"
+            ),
         ),
         (
             "SELECT * FROM project_logs('p') WHERE a = 1 b",
-            "expected WHERE, ORDER BY, LIMIT, OFFSET or the end of the query, found 'b'",
+            "expected WHERE, GROUP BY, ORDER BY, LIMIT, OFFSET or the end of the query, found 'b'",
         ),
-        ("SELECT * FROM project_logs('p') GROUP BY x", "GROUP BY is not supported"),
+        (
+            "SELECT * FROM project_logs('p') GROUP BY x",
+            "GROUP BY needs a select list, not * at column 33",
+        ),
         ("SELECT * FROM project_logs('p') JOIN dataset('d') ON 1 = 1", "JOIN is not supported"),
         ("SELECT * FROM project_logs('p'), dataset('d')", "JOIN is not supported"),
         (
@@ -844,7 +851,7 @@ def test_sort_value_orders_xact_ids_numerically_and_reads_paths() -> None:
                 "from": json_source("dataset", "d"),
                 "filter": {"op": "function", "name": json_ident("count"), "args": []},
             },
-            "unknown function at filter",
+            "unknown function 'count' with 0 argument(s) at filter",
         ),
         (
             {

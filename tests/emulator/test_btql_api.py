@@ -89,11 +89,8 @@ def test_unsupported_requests_are_400(
     assert fragment in response.json()["Message"]
 
 
-def test_summary_shape_is_refused_and_unknown_ids_are_403(
-    demo_api: Api, demo_emu: Emulator
-) -> None:
+def test_unknown_ids_are_403(demo_api: Api, demo_emu: Emulator) -> None:
     pid = project_of(demo_emu)
-    assert demo_api.btql(f"from: project_logs('{pid}') summary").status_code == 400
     assert demo_api.btql(sql("experiment", pid)).status_code == 403  # a project id is no experiment
     assert demo_api.btql(sql("dataset", "00000000-0000-4000-8000-000000000000")).status_code == 403
 
