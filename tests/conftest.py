@@ -17,7 +17,7 @@ import pytest
 from tap_braintrust import schemas
 from tests.emulator import Emulator, running_emulator
 from tests.meltano_project import install_plugins
-from tests.postgres import PostgresServer, running_postgres
+from tests.postgres import PostgresServer, running_postgres, system_binaries
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -175,6 +175,16 @@ def run_tap(tmp_path: Path) -> Callable[..., TapRun]:
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL for the whole session; each test creates its own database."""
     with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def system_postgres() -> Iterator[PostgresServer]:
+    """The same, from Debian's PostgreSQL packages; skips the test when they are missing."""
+    binaries = system_binaries()
+    if binaries is None:
+        pytest.skip("Debian's PostgreSQL server packages are not installed")
+    with running_postgres(binaries) as server:
         yield server
 
 
