@@ -12,13 +12,14 @@ import sys
 import threading
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
 from singer_sdk import RESTStream
 from singer_sdk.authenticators import BearerTokenAuthenticator
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
+from tap_braintrust import schemas
 from tap_braintrust.errors import BraintrustError
 from tap_braintrust.incremental import parse_xact_id
 from tap_braintrust.timestamps import normalize_timestamp
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from tap_braintrust.transport import Answer, Transport
 
 _DECODER = msgspec.json.Decoder()
+_ENCODER = msgspec.json.Encoder()
 
 
 def decode_json(body: bytes) -> Any:
@@ -52,6 +54,23 @@ def decode_json(body: bytes) -> Any:
         return _DECODER.decode(body)
     except msgspec.DecodeError:
         return json.loads(body)
+
+
+def json_text(value: Any) -> str | None:
+    """A value as JSON text (the text Braintrust sent, when kept); null stays None.
+
+    Text with a lone surrogate (cut mid-character upstream) has no UTF-8 form, so it goes
+    out with escapes: still valid JSON of the same value.
+    """
+    if isinstance(value, msgspec.Raw):
+        text = bytes(value).decode()
+        return None if text == "null" else text
+    if value is None:
+        return None
+    try:
+        return _ENCODER.encode(value).decode()
+    except UnicodeEncodeError:
+        return json.dumps(value)
 
 
 def not_braintrust(what: str) -> str:
@@ -74,6 +93,8 @@ class BraintrustStream(RESTStream[None]):
     # cost more than reading them. It also turned 0/1 into booleans where the schema says
     # boolean; Braintrust sends true/false. Fields outside the schema go in post_process.
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
+    declared_schema: ClassVar[dict[str, Any]]
+    """The schema of a built-in stream; `json_fields_as_text` may turn fields into text."""
 
     def __init__(
         self,
@@ -85,10 +106,17 @@ class BraintrustStream(RESTStream[None]):
     ) -> None:
         """A stream of `tap` that sends through the run's shared `transport`.
 
-        `name` and `schema` are for streams defined by settings; the others set them on
-        their class.
+        `name` and `schema` are for streams defined by settings; the others set `name` and
+        `declared_schema` on their class.
         """
         self.transport = transport
+        declared = self.declared_schema if schema is None else schema
+        self.json_text_fields = (
+            schemas.json_text_fields(declared)
+            if tap.config.get("json_fields_as_text")
+            else frozenset()
+        )
+        schema = schemas.with_json_as_text(declared, self.json_text_fields)
         super().__init__(tap, name=name, schema=schema)
 
     @property
@@ -156,6 +184,8 @@ class BraintrustStream(RESTStream[None]):
                 )
             for name in unknown:
                 del row[name]
+        for name in self.json_text_fields & row.keys():
+            row[name] = json_text(row[name])
         return row
 
     @cached_property

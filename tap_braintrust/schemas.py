@@ -305,3 +305,33 @@ def summary_schema(source: str) -> dict[str, t.Any]:
     properties = {name: row_fields[name] for name in _SUMMARY_ROOT_FIELDS if name in row_fields}
     properties.update(_SUMMARY_FIELDS)
     return {"type": "object", "properties": properties}
+
+
+def json_text_fields(schema: dict[str, t.Any]) -> frozenset[str]:
+    """The top-level fields that may hold any JSON value, plain strings and booleans too."""
+    scalars_and_structures = {"object", "array", "string", "boolean"}
+    return frozenset(
+        name
+        for name, field in schema["properties"].items()
+        if scalars_and_structures <= set(field.get("type", ()))
+    )
+
+
+def with_json_as_text(schema: dict[str, t.Any], fields: frozenset[str]) -> dict[str, t.Any]:
+    """`schema` with each of `fields` a string that holds its JSON text (null stays null)."""
+    if not fields:
+        return schema
+    properties = schema["properties"]
+    return {
+        **schema,
+        "properties": {
+            name: {
+                "type": ["string", "null"],
+                "contentMediaType": "application/json",
+                **({"description": field["description"]} if "description" in field else {}),
+            }
+            if name in fields
+            else field
+            for name, field in properties.items()
+        },
+    }

@@ -86,7 +86,7 @@ class ProjectsStream(ObjectListingStream):
 
     name = "projects"
     path = "/v1/project"
-    schema = schemas.PROJECT
+    declared_schema = schemas.PROJECT
 
     @cached_property
     def selection(self) -> ProjectSelection:
@@ -155,7 +155,7 @@ class ExperimentsStream(ProjectObjectStream):
 
     name = "experiments"
     path = "/v1/experiment"
-    schema = schemas.EXPERIMENT
+    declared_schema = schemas.EXPERIMENT
 
 
 class DatasetsStream(ProjectObjectStream):
@@ -163,7 +163,7 @@ class DatasetsStream(ProjectObjectStream):
 
     name = "datasets"
     path = "/v1/dataset"
-    schema = schemas.DATASET
+    declared_schema = schemas.DATASET
 
 
 @dataclass(frozen=True)
@@ -424,7 +424,7 @@ class ProjectLogsStream(EventStream):
     name = "project_logs"
     source = "project_logs"
     primary_keys = ("project_id", "id")
-    schema = schemas.PROJECT_LOG
+    declared_schema = schemas.PROJECT_LOG
 
 
 class ExperimentEventsStream(EventStream):
@@ -433,7 +433,7 @@ class ExperimentEventsStream(EventStream):
     name = "experiment_events"
     source = "experiment"
     primary_keys = ("experiment_id", "id")
-    schema = schemas.EXPERIMENT_EVENT
+    declared_schema = schemas.EXPERIMENT_EVENT
 
 
 class DatasetEventsStream(EventStream):
@@ -442,7 +442,7 @@ class DatasetEventsStream(EventStream):
     name = "dataset_events"
     source = "dataset"
     primary_keys = ("dataset_id", "id")
-    schema = schemas.DATASET_EVENT
+    declared_schema = schemas.DATASET_EVENT
 
 
 class CustomRowStream(EventStream):

@@ -223,6 +223,19 @@ class TapBraintrust(Tap):
             ),
         ),
         th.Property(
+            "json_fields_as_text",
+            th.BooleanType,
+            default=False,
+            title="JSON fields as text",
+            description=(
+                "Send the free-form fields (`input`, `output`, `expected`, `error`, "
+                "`metadata`, ...) as strings holding their JSON text instead of JSON values, "
+                "for loaders that write a JSON scalar (a plain-string `output`) as invalid "
+                "JSON: target-duckdb, pipelinewise-target-postgres. Off: target-postgres "
+                "stores them as jsonb."
+            ),
+        ),
+        th.Property(
             "custom_streams",
             th.ArrayType(
                 th.ObjectType(

@@ -23,6 +23,8 @@ MELTANO = str(Path(sys.executable).with_name("meltano"))
 _PLUGIN_KINDS = ("extractors", "loaders")
 # Settings a developer may have exported (PG* reach target-postgres' libpq); a copy must
 # see only what it is given.
+# Tap settings this repository's meltano.yml sets itself (tap-braintrust--json-text).
+_SHIPPED_SETTINGS = frozenset({"json_fields_as_text"})
 _OWN_PREFIXES = ("TAP_BRAINTRUST_", "TARGET_POSTGRES_", "TARGET_DUCKDB_", "MELTANO_", "PG")
 
 
@@ -45,10 +47,7 @@ def throwaway_definition(project: dict[str, Any]) -> dict[str, Any]:
     must not write the emulator's watermarks into.
     """
     plugins = dict(project["plugins"])
-    plugins["extractors"] = [
-        {key: value for key, value in extractor.items() if key != "config"}
-        for extractor in plugins["extractors"]
-    ]
+    plugins["extractors"] = [_as_shipped(extractor) for extractor in plugins["extractors"]]
     return {
         "requires_meltano": project["requires_meltano"],
         "project_id": project["project_id"],
@@ -56,6 +55,17 @@ def throwaway_definition(project: dict[str, Any]) -> dict[str, Any]:
         "environments": [{"name": env["name"]} for env in project["environments"]],
         "plugins": plugins,
     }
+
+
+def _as_shipped(extractor: dict[str, Any]) -> dict[str, Any]:
+    """An extractor without its saved config, but for the settings the project ships."""
+    shipped = {
+        key: value
+        for key, value in (extractor.get("config") or {}).items()
+        if key in _SHIPPED_SETTINGS
+    }
+    kept = {key: value for key, value in extractor.items() if key != "config"}
+    return {**kept, "config": shipped} if shipped else kept
 
 
 @dataclass(frozen=True)

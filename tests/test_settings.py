@@ -87,7 +87,7 @@ def test_about_shows_no_secret(run_tap: Callable[..., TapRun]) -> None:
 
 def test_meltano_settings_mirror_the_config_schema() -> None:
     meltano = yaml.safe_load((ROOT / "meltano.yml").read_text())
-    (extractor,) = meltano["plugins"]["extractors"]
+    (extractor,) = [e for e in meltano["plugins"]["extractors"] if e["name"] == "tap-braintrust"]
     declared = {setting["name"]: setting for setting in extractor["settings"]}
     properties = TapBraintrust.config_jsonschema["properties"]
     # The SDK adds its own settings (stream maps, batch...) to this schema in place.
