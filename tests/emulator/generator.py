@@ -271,14 +271,27 @@ def generate_demo(
 ) -> Demo:
     """Three projects with logs, two experiments and one or two datasets each.
 
-    `created` values lie in the week before `end` (default: the store clock, whole second).
+    It is history: the writes happen from six hours before `end` (default: the store clock,
+    whole second), `DEMO_WRITE_GAP` seconds apart (more than the tap's default lookback), on
+    a stand-in for the store's clock, so a later incremental run's lookback holds only the
+    last of them; `created` values lie in the week before the writes.
     Project 0 has the run of rows sharing one `created`; one large payload lives in each
     project (a log row, a dataset record, an experiment row). The projects go to `org_name`,
     else the store's first org; a store without orgs gets `acme` (the emulator's default).
+    Meant for a store whose `_xact_id`s are all older (a fresh one).
     """
     if not store.orgs():
         store.add_org(org_name or "acme")
-    maker = _Maker(seed, float(int(store.clock())) if end is None else end)
+    written = (float(int(store.clock())) if end is None else end) - DEMO_QUIET
+    clock = store.clock
+    store.clock = _TickingClock(written, DEMO_WRITE_GAP)
+    try:
+        return _demo(store, _Maker(seed, written), org_name)
+    finally:
+        store.clock = clock
+
+
+def _demo(store: Store, maker: _Maker, org_name: str | None) -> Demo:
     day = 86_400.0
     projects: list[dict[str, Any]] = []
     experiments: list[dict[str, Any]] = []
@@ -649,6 +662,24 @@ class SmallChange:
     def changed(self) -> frozenset[tuple[RowSource, str, str]]:
         """Every row the change touched: what the next incremental run must send."""
         return frozenset(self.annotated + self.new_log_rows)
+
+
+DEMO_QUIET = 6 * 3600.0
+"""Seconds between the demo's first write and the clock it was generated at."""
+DEMO_WRITE_GAP = 90.0
+"""Seconds between two of the demo's writes."""
+
+
+class _TickingClock:
+    """A clock that moves on `step` seconds each time it is read: writes apart in time."""
+
+    def __init__(self, start: float, step: float) -> None:
+        self.now = start
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now - self.step
 
 
 class _PastClock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import unicodedata
@@ -302,3 +303,18 @@ def test_wide_org_small_change() -> None:
     assert sum(str(row["expected"]).startswith("Corrected by") for row in annotated) >= 5
     _, _, again, _ = changed_store()
     assert again == change
+
+
+def test_demo_is_history_an_incremental_lookback_does_not_reach() -> None:
+    store = Store(clock=lambda: FIXED_NOW)
+    demo = generate_demo(store, seed=7)
+    assert store.clock() == FIXED_NOW  # the store's own clock is back
+    versions = [
+        row for (source, object_id) in demo.row_counts for row in store.rows(source, object_id)
+    ]
+    assert len(versions) > 1000
+    written = [xact_seconds(row) for row in versions]
+    assert FIXED_NOW - max(written) > 3600  # well outside any lookback of minutes
+    gaps = {b - a for a, b in itertools.pairwise(sorted(set(written)))}
+    assert min(gaps) > 60  # a 60-second lookback holds one write
+    assert all(created_seconds(row) <= xact_seconds(row) for row in versions)
