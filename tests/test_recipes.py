@@ -6,7 +6,6 @@ wrongly (a JSON null taken for a value, a timestamp compared in the wrong zone) 
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -14,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from psycopg.rows import dict_row
 
+from scripts.demo import readme_recipes
 from tests.conftest import API_KEY
 from tests.emulator import running_emulator
 from tests.loaded_tables import PostgresWarehouse
-from tests.meltano_project import ROOT, MeltanoProject
+from tests.meltano_project import MeltanoProject
 from tests.warehouse import truth
 
 if TYPE_CHECKING:
@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     from tests.emulator import Emulator
     from tests.postgres import PostgresServer
 
-RECIPES = dict(
-    re.findall(r"```sql\n-- Recipe: (.+?)\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
-)
+RECIPES = readme_recipes()
 Loaded = tuple["Emulator", PostgresWarehouse]
 
 

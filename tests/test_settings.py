@@ -101,7 +101,13 @@ def test_meltano_settings_mirror_the_config_schema() -> None:
     del declared["batch_config"]
     for name, setting in declared.items():  # values and kinds agree too
         assert setting.get("value") == properties[name].get("default"), name
-        kind = {"string": "string", "integer": "integer", "number": "decimal", "array": "array"}
+        kind = {
+            "string": "string",
+            "integer": "integer",
+            "number": "decimal",
+            "array": "array",
+            "boolean": "boolean",
+        }
         json_type = properties[name]["type"][0]
         expected_kind = "date_iso8601" if name == "start_date" else kind[json_type]
         assert setting["kind"] == expected_kind, name
