@@ -8,6 +8,7 @@ answer means.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 _DECODER = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a pair is one code point in a str
 
 
 def decode_json(body: bytes) -> Any:
@@ -59,18 +62,31 @@ def decode_json(body: bytes) -> Any:
 def json_text(value: Any) -> str | None:
     """A value as JSON text (the text Braintrust sent, when kept); null stays None.
 
-    Text with a lone surrogate (cut mid-character upstream) has no UTF-8 form, so it goes
-    out with escapes: still valid JSON of the same value.
+    A lone surrogate (text cut mid-character upstream) becomes U+FFFD: its escape is JSON to
+    Python but not to DuckDB or PostgreSQL, where one such value fails every JSON query.
     """
     if isinstance(value, msgspec.Raw):
-        text = bytes(value).decode()
-        return None if text == "null" else text
+        text = bytes(value)
+        if not _SURROGATE_ESCAPE.search(text):
+            return None if text == b"null" else text.decode()
+        value = decode_json(text)
     if value is None:
         return None
     try:
         return _ENCODER.encode(value).decode()
     except UnicodeEncodeError:
-        return json.dumps(value)
+        return _ENCODER.encode(without_lone_surrogates(value)).decode()
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """`value` with each lone surrogate in its text replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_lone_surrogates(item) for item in value]
+    return value
 
 
 def not_braintrust(what: str) -> str:

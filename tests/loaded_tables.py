@@ -1,9 +1,19 @@
 """Tables a real loader wrote, read back in the tap's record shape to compare with the truth.
 
-target-postgres and target-duckdb store the same records with different types (`jsonb` or
-`JSON`, `text[]` or `JSON`, JSON null as a value or as SQL NULL) and target-postgres adds
-`_sdc_*` columns; reading them back undoes exactly that, so a test can compare every value.
-Where a loader cannot keep a value as it was, `stored_form` says what it keeps instead.
+target-postgres, pipelinewise-target-postgres and target-duckdb store the same records with
+different types, and reading them back undoes exactly that, so a test can compare every
+value with the truth as it is:
+
+- target-postgres keeps free-form JSON as `jsonb` and arrays as `jsonb` or `text[]`, which
+  psycopg decodes; JSON null and a missing field are both SQL NULL.
+- With the tap's `json_fields_as_text`, a free-form field (`input`, `output`, `metadata`,
+  ...) arrives as a string of JSON text: pipelinewise-target-postgres stores it as
+  `character varying`, target-duckdb as `VARCHAR`; it is parsed back with `json.loads`.
+- target-duckdb hands its `JSON` columns (objects and arrays: `scores`, `tags`, ...) over as
+  text, parsed back the same way. Without `json_fields_as_text` it writes a free-form scalar
+  as Python's `str()` of it (a plain-string `output` unquoted, `True`), which is not JSON:
+  reading such a table fails here rather than being bent into shape.
+- Loaders add `_sdc_*` columns; they are left out.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from tests.conftest import json_union_fields
 from tests.warehouse import ROW_STREAMS, Table
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from pathlib import Path
 
     from tests.postgres import PostgresServer
@@ -28,6 +39,8 @@ if TYPE_CHECKING:
 SCHEMA = "braintrust"
 KeyT = TypeVar("KeyT")
 Tables = dict[str, dict[KeyT, dict[str, Any]]]  # by stream, then by key
+TEXT_TYPES = frozenset({"varchar", "text"})
+"""Column types (lower case) of a free-form field loaded as JSON text, in both databases."""
 
 
 class LoadedWarehouse(Protocol):
@@ -52,7 +65,7 @@ class LoadedWarehouse(Protocol):
 
 @dataclass(frozen=True)
 class PostgresWarehouse:
-    """One database of the test PostgreSQL server."""
+    """One database of the test PostgreSQL server, loaded by either PostgreSQL loader."""
 
     server: PostgresServer
     database: str
@@ -64,7 +77,9 @@ class PostgresWarehouse:
             return connection.execute(statement.encode()).fetchall()
 
     def column_types(self, table: str) -> dict[str, str]:
-        """Column name to type; `udt_name` tells `jsonb` from `json` and `_text` (text[])."""
+        """Column name to type; `udt_name` tells `jsonb` from `json` and `_text` (text[]),
+        and names `character varying` `varchar` and `timestamp without time zone`
+        `timestamp`."""
         with self.server.connect(self.database) as connection:
             rows = connection.execute(
                 "SELECT column_name, udt_name FROM information_schema.columns"
@@ -78,11 +93,13 @@ class PostgresWarehouse:
         statement = sql.SQL("SELECT * FROM {}.{}").format(
             sql.Identifier(SCHEMA), sql.Identifier(table)
         )
+        json_text = json_text_columns(table, self.column_types(table))
         with self.server.connect(self.database, row_factory=dict_row) as connection:
-            return [as_record(row) for row in connection.execute(statement).fetchall()]
+            rows = connection.execute(statement).fetchall()
+        return [as_record(row, json_text) for row in rows]
 
     def stored_form(self, tables: Tables[KeyT]) -> Tables[KeyT]:
-        """Every value as it was: jsonb keeps any JSON value."""
+        """Every value as it was (see `without_nulls`)."""
         return without_nulls(tables)
 
 
@@ -108,55 +125,41 @@ class DuckDBWarehouse:
         return {name: kind.lower() for name, kind in rows}
 
     def records(self, table: str) -> list[dict[str, Any]]:
-        """Every row, as the tap emitted it; DuckDB hands JSON columns over as text.
-
-        Objects and arrays are JSON text; a scalar is its raw text (see `stored_form`). So a
-        string that looks like JSON comes back decoded: only target-postgres' reading tells
-        a JSON-encoded string from the object it encodes.
-        """
-        json_columns = {name for name, kind in self.column_types(table).items() if kind == "json"}
+        """Every row, as the tap emitted it; DuckDB hands `JSON` columns over as text."""
+        types = self.column_types(table)
+        json_text = json_text_columns(table, types) | {n for n, t in types.items() if t == "json"}
         with duckdb.connect(str(self.path), read_only=True) as connection:
             cursor = connection.execute(f'SELECT * FROM {SCHEMA}."{table}"')  # noqa: S608
             names = [column[0] for column in cursor.description or ()]
             rows = cursor.fetchall()
-        return [
-            as_record(
-                {
-                    name: json.loads(value)
-                    if name in json_columns and value is not None and value.startswith(("{", "["))
-                    else value
-                    for name, value in zip(names, row, strict=True)
-                }
-            )
-            for row in rows
-        ]
+        return [as_record(dict(zip(names, row, strict=True)), json_text) for row in rows]
 
     def stored_form(self, tables: Tables[KeyT]) -> Tables[KeyT]:
-        """target-duckdb 0.8.0 JSON-encodes only objects and arrays: a free-form field holding
-        a string, number or boolean is written to its JSON column as Python's `str()` of it
-        (`La réunion`, `0.5`, `True`), which is not always valid JSON and loses the type."""
-        unions = json_union_fields()
-        return {
-            stream: {
-                key: {
-                    field: str(value)
-                    if f"{stream}.{field}" in unions and not isinstance(value, (dict, list))
-                    else value
-                    for field, value in row.items()
-                }
-                for key, row in table.items()
-            }
-            for stream, table in without_nulls(tables).items()
-        }
+        """Every value as it was (see `without_nulls`), once the tap sends free-form fields
+        as JSON text (`json_fields_as_text`)."""
+        return without_nulls(tables)
 
 
-def as_record(row: dict[str, Any]) -> dict[str, Any]:
-    """A loaded row as the tap's record: no loader columns, timestamps in the tap's form.
+def json_text_columns(table: str, types: dict[str, str]) -> set[str]:
+    """The free-form fields of `table` that its loader stored as text: JSON text."""
+    unions = json_union_fields()
+    return {
+        name for name, kind in types.items() if kind in TEXT_TYPES and f"{table}.{name}" in unions
+    }
+
+
+def as_record(row: dict[str, Any], json_text: Collection[str] = ()) -> dict[str, Any]:
+    """A loaded row as the tap's record: no loader columns, timestamps in the tap's form, and
+    the columns in `json_text` parsed (a text column holds JSON text, never the text `null`).
 
     Null fields are left out, because a loader stores a missing field and a null one alike.
     """
     return {
-        name: value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(value, datetime) else value
+        name: json.loads(value)
+        if name in json_text
+        else value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if isinstance(value, datetime)
+        else value
         for name, value in row.items()
         if value is not None and not name.startswith("_sdc_")
     }

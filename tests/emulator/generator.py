@@ -7,6 +7,7 @@ huge payloads, unicode everywhere and nulls in optional fields.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import uuid
@@ -26,6 +27,13 @@ _BULK_ROW_BASE_BYTES = 1035
 
 SAME_CREATED_RUN = 64
 """Rows of the first project's logs that share one `created` millisecond."""
+
+HISTORY_QUIET = 3600.0
+"""A generated history's last write is this many seconds before `end`: no lookback reaches it."""
+_DEMO_CLEANUP_AFTER = 3600.0
+"""Seconds from the demo's data writes to its clean-up, its last write (deletes, no rows)."""
+_DEMO_WRITE_STEP = 1.0
+"""Seconds between two of the demo's data writes (a few hundred writes: minutes in all)."""
 
 PROJECT_NAMES = ("support-bot", "rag-search", 'O\'Brien "evals" ✓')
 _LOG_TARGETS = (460, 360, 320)
@@ -76,6 +84,7 @@ class Demo:
         large_row_ids: ids of the rows with 200-400 KB payloads.
         merged_row_ids: ids of log rows annotated by merge writes after their insert.
         deleted_row_ids: ids of log rows that were deleted (tombstoned).
+        end: the moment the history was written up to (its last write is an hour before).
     """
 
     projects: tuple[dict[str, Any], ...]
@@ -86,6 +95,7 @@ class Demo:
     large_row_ids: tuple[str, ...]
     merged_row_ids: tuple[str, ...]
     deleted_row_ids: tuple[str, ...]
+    end: float
 
 
 class _Maker:
@@ -269,29 +279,31 @@ class _Maker:
 def generate_demo(
     store: Store, *, seed: int = 7, org_name: str | None = None, end: float | None = None
 ) -> Demo:
-    """Three projects with logs, two experiments and one or two datasets each.
+    """Three projects with logs, two experiments and one or two datasets each, as history.
 
-    It is history: the writes happen from six hours before `end` (default: the store clock,
-    whole second), `DEMO_WRITE_GAP` seconds apart (more than the tap's default lookback), on
-    a stand-in for the store's clock, so a later incremental run's lookback holds only the
-    last of them; `created` values lie in the week before the writes.
-    Project 0 has the run of rows sharing one `created`; one large payload lives in each
-    project (a log row, a dataset record, an experiment row). The projects go to `org_name`,
-    else the store's first org; a store without orgs gets `acme` (the emulator's default).
-    Meant for a store whose `_xact_id`s are all older (a fresh one).
+    Every write happens in the past on a stand-in for the store's clock, so `_xact_id`s look
+    like history: the data is written oldest project first, a second per write, from two
+    hours before `end` (default: the store clock, whole second); `created` values lie in the
+    week before that (objects' in the months before), so no row is written before it was
+    created, and shuffled batches still make late rows. The last write, alone an hour before
+    `end`, is the clean-up deleting two log spans per project: it leaves no rows, so a
+    lookback of minutes before it (where a run that read everything leaves its watermark)
+    holds nothing to send again. Project 0 has the run of rows sharing one `created`; one
+    large payload lives in each project (a log row, a dataset record, an experiment row).
+    The projects go to `org_name`, else the store's first org; a store without orgs gets
+    `acme` (the emulator's default). Meant for a fresh store: a store's `_xact_id`s never go
+    down, so earlier writes would pull these up.
     """
     if not store.orgs():
         store.add_org(org_name or "acme")
-    written = (float(int(store.clock())) if end is None else end) - DEMO_QUIET
-    clock = store.clock
-    store.clock = _TickingClock(written, DEMO_WRITE_GAP)
-    try:
-        return _demo(store, _Maker(seed, written), org_name)
-    finally:
-        store.clock = clock
+    end = float(int(store.clock())) if end is None else end
+    maker = _Maker(seed, end - HISTORY_QUIET - _DEMO_CLEANUP_AFTER)
+    moments = itertools.count(maker.end + _DEMO_WRITE_STEP, _DEMO_WRITE_STEP)
 
+    def write(writes: list[Callable[[], str]]) -> None:
+        """Make the writes in order, each a step after the last."""
+        _write_in_the_past(store, [(next(moments), one) for one in writes])
 
-def _demo(store: Store, maker: _Maker, org_name: str | None) -> Demo:
     day = 86_400.0
     projects: list[dict[str, Any]] = []
     experiments: list[dict[str, Any]] = []
@@ -299,6 +311,7 @@ def _demo(store: Store, maker: _Maker, org_name: str | None) -> Demo:
     large: list[str] = []
     merged: list[str] = []
     deleted: list[str] = []
+    cleanup: list[Callable[[], str]] = []
     same_created_at = maker.end - 2 * day + 0.123
     for index, (name, target) in enumerate(zip(PROJECT_NAMES, _LOG_TARGETS, strict=True)):
         project = store.add_project(
@@ -311,11 +324,13 @@ def _demo(store: Store, maker: _Maker, org_name: str | None) -> Demo:
             settings={"comparison_key": "input.question"} if index == 0 else None,
         )
         projects.append(project)
-        result = _demo_logs(
+        logs, annotated, doomed = _demo_logs(
             store, maker, project["id"], target, same_created_at if index == 0 else None
         )
-        merged += result[0]
-        deleted += result[1]
+        write(logs)
+        merged += annotated
+        deleted += doomed
+        cleanup.append(partial(store.delete_rows, "project_logs", project["id"], doomed))
         big_object = ("project_logs", "dataset", "experiment")[index]
         project_datasets = len(datasets)
         for number in range(1 + index % 2):
@@ -331,9 +346,11 @@ def _demo(store: Store, maker: _Maker, org_name: str | None) -> Demo:
                 url_slug=f"golden-set-{number + 1}",
             )
             datasets.append(dataset)
-            large += _demo_dataset(
+            writes, big = _demo_dataset(
                 store, maker, dataset["id"], big=big_object == "dataset" and number == 0
             )
+            write(writes)
+            large += big
         previous: str | None = None
         for number, label in enumerate(("baseline", "candidate")):
             experiment_id = maker.uuid()
@@ -357,11 +374,16 @@ def _demo(store: Store, maker: _Maker, org_name: str | None) -> Demo:
             )
             previous = experiment["id"]
             experiments.append(experiment)
-            large += _demo_experiment(
+            writes, big = _demo_experiment(
                 store, maker, experiment["id"], big=big_object == "experiment" and number == 0
             )
+            write(writes)
+            large += big
         if big_object == "project_logs":
-            large.append(_big_log_row(store, maker, project["id"]))
+            writes, big = _big_log_row(store, maker, project["id"])
+            write(writes)
+            large += big
+    _write_in_the_past(store, [(end - HISTORY_QUIET, delete) for delete in cleanup])
     made: tuple[tuple[RowSource, list[dict[str, Any]]], ...] = (
         ("project_logs", projects),
         ("experiment", experiments),
@@ -379,18 +401,21 @@ def _demo(store: Store, maker: _Maker, org_name: str | None) -> Demo:
         tuple(large),
         tuple(merged),
         tuple(deleted),
+        end,
     )
 
 
 def _demo_logs(
     store: Store, maker: _Maker, project_id: str, target: int, same_created_at: float | None
-) -> tuple[list[str], list[str]]:
-    """Insert traces in shuffled batches (late rows), then annotate, attach, comment, delete.
+) -> tuple[list[Callable[[], str]], list[str], list[str]]:
+    """Traces inserted in shuffled batches (late rows), then annotated, attached, commented.
 
-    With `same_created_at`, a bulk import of single-span traces sharing that `created` lands
-    half-way through the inserts.
+    Returns those writes in order, the annotated roots' ids and two span ids to delete (the
+    caller's clean-up). With `same_created_at`, a bulk import of single-span traces sharing
+    that `created` lands half-way through the inserts.
     """
     rng = maker.rng
+    writes: list[Callable[[], str]] = []
     batch_import = []
     if same_created_at is not None:
         batch_import = [
@@ -409,54 +434,46 @@ def _demo_logs(
     position = 0
     while position < len(traces):
         size = rng.randint(3, 12)
-        store.insert_rows(
-            "project_logs",
-            project_id,
-            [span for trace in traces[position : position + size] for span in trace],
-        )
+        spans = [span for trace in traces[position : position + size] for span in trace]
+        writes.append(partial(store.insert_rows, "project_logs", project_id, spans))
         position += size
         if batch_import and position > len(traces) // 2:
-            store.insert_rows(
-                "project_logs", project_id, [span for trace in batch_import for span in trace]
-            )
+            spans = [span for trace in batch_import for span in trace]
+            writes.append(partial(store.insert_rows, "project_logs", project_id, spans))
             batch_import = []
     roots = [trace[0] for trace in traces]
     annotated = rng.sample(roots, max(3, len(roots) // 20))
-    store.merge_rows(
-        "project_logs",
-        project_id,
-        [
-            {
-                "id": root["id"],
-                "scores": {"user_rating": rng.choice((0.0, 1.0))},
-                "metadata": {"user_correction": rng.random() < 0.5},
-                "tags": sorted({*(root["tags"] or []), "annotated"}),
-                "expected": maker.maybe(maker.text(_ANSWERS), 0.5),
-            }
-            for root in annotated
-        ],
-    )
+    annotations = [
+        {
+            "id": root["id"],
+            "scores": {"user_rating": rng.choice((0.0, 1.0))},
+            "metadata": {"user_correction": rng.random() < 0.5},
+            "tags": sorted({*(root["tags"] or []), "annotated"}),
+            "expected": maker.maybe(maker.text(_ANSWERS), 0.5),
+        }
+        for root in annotated
+    ]
+    writes.append(partial(store.merge_rows, "project_logs", project_id, annotations))
     attachment = {
         "type": "braintrust_attachment",
         "key": f"attachments/{maker.uuid()}.png",
         "filename": "screenshot.png",
         "content_type": "image/png",
     }
-    store.merge_rows(
-        "project_logs",
-        project_id,
-        [{"id": annotated[0]["id"], "input": {"screenshot": attachment}}],
-    )
+    attach = {"id": annotated[0]["id"], "input": {"screenshot": attachment}}
+    writes.append(partial(store.merge_rows, "project_logs", project_id, [attach]))
     for root in annotated[:3]:
         text = f"Checked by QA {rng.choice(_UNICODE)}"
-        store.add_comment("project_logs", project_id, root["id"], text)
+        writes.append(partial(store.add_comment, "project_logs", project_id, root["id"], text))
     survivors = [trace for trace in traces if trace[0] not in annotated and len(trace) > 1]
     doomed = [trace[-1]["id"] for trace in rng.sample(survivors, 2)]
-    store.delete_rows("project_logs", project_id, doomed)
-    return [root["id"] for root in annotated], doomed
+    return writes, [root["id"] for root in annotated], doomed
 
 
-def _demo_experiment(store: Store, maker: _Maker, experiment_id: str, *, big: bool) -> list[str]:
+def _demo_experiment(
+    store: Store, maker: _Maker, experiment_id: str, *, big: bool
+) -> tuple[list[Callable[[], str]], list[str]]:
+    """An eval run's rows, logged in one write; the write, and the large row's id if `big`."""
     rows = [
         span
         for _ in range(maker.rng.randint(8, 14))
@@ -466,26 +483,28 @@ def _demo_experiment(store: Store, maker: _Maker, experiment_id: str, *, big: bo
     ]
     if big:
         rows[0]["expected"] = maker.big_text(220_000)
-    store.insert_rows("experiment", experiment_id, rows)
-    return [rows[0]["id"]] if big else []
+    write = partial(store.insert_rows, "experiment", experiment_id, rows)
+    return [write], [rows[0]["id"]] if big else []
 
 
-def _demo_dataset(store: Store, maker: _Maker, dataset_id: str, *, big: bool) -> list[str]:
+def _demo_dataset(
+    store: Store, maker: _Maker, dataset_id: str, *, big: bool
+) -> tuple[list[Callable[[], str]], list[str]]:
+    """Records added in two writes, one edited after; the writes, and the large record's id."""
     records = [
         maker.record(maker.end - maker.rng.uniform(20, 30) * 86_400.0)
         for _ in range(maker.rng.randint(20, 40))
     ]
     if big:
         records[0]["input"] = {"document": maker.big_text(260_000), "question": "Summarise this."}
-    store.insert_rows("dataset", dataset_id, records[: len(records) // 2])
-    store.insert_rows("dataset", dataset_id, records[len(records) // 2 :])
-    edited = records[1]
-    store.merge_rows(
-        "dataset",
-        dataset_id,
-        [{"id": edited["id"], "expected": "Corrected answer ✓", "metadata": {"reviewed": True}}],
-    )
-    return [records[0]["id"]] if big else []
+    half = len(records) // 2
+    edit = {"expected": "Corrected answer ✓", "metadata": {"reviewed": True}}
+    writes: list[Callable[[], str]] = [
+        partial(store.insert_rows, "dataset", dataset_id, records[:half]),
+        partial(store.insert_rows, "dataset", dataset_id, records[half:]),
+        partial(store.merge_rows, "dataset", dataset_id, [{"id": records[1]["id"], **edit}]),
+    ]
+    return writes, [records[0]["id"]] if big else []
 
 
 def _eval_inputs(store: Store, maker: _Maker, dataset: dict[str, Any]) -> dict[str, Any]:
@@ -500,11 +519,13 @@ def _eval_inputs(store: Store, maker: _Maker, dataset: dict[str, Any]) -> dict[s
     }
 
 
-def _big_log_row(store: Store, maker: _Maker, project_id: str) -> str:
+def _big_log_row(
+    store: Store, maker: _Maker, project_id: str
+) -> tuple[list[Callable[[], str]], list[str]]:
+    """A log span with a 380 KB output; its write and its id."""
     trace = maker.trace(maker.end - 3 * 86_400.0, root_type="task", max_spans=1)
     trace[0]["output"] = maker.big_text(380_000)
-    store.insert_rows("project_logs", project_id, trace)
-    return str(trace[0]["id"])
+    return [partial(store.insert_rows, "project_logs", project_id, trace)], [str(trace[0]["id"])]
 
 
 def generate_logs(  # noqa: PLR0913
@@ -605,8 +626,6 @@ WIDE_PROJECT_NAMES = (
     "onboarding-coach",
 )
 _DAY = 86_400.0
-_WIDE_QUIET = 3600.0
-"""The history ends this many seconds before `end`, so no lookback window reaches into it."""
 _ANNOTATIONS: dict[RowSource, tuple[str, ...]] = {
     "project_logs": ("score", "expected", "tag", "comment"),
     "experiment": ("score", "expected", "tag", "comment"),
@@ -664,24 +683,6 @@ class SmallChange:
         return frozenset(self.annotated + self.new_log_rows)
 
 
-DEMO_QUIET = 6 * 3600.0
-"""Seconds between the demo's first write and the clock it was generated at."""
-DEMO_WRITE_GAP = 90.0
-"""Seconds between two of the demo's writes."""
-
-
-class _TickingClock:
-    """A clock that moves on `step` seconds each time it is read: writes apart in time."""
-
-    def __init__(self, start: float, step: float) -> None:
-        self.now = start
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now - self.step
-
-
 class _PastClock:
     """Stands in for the store's clock while history is written, so `_xact_id`s carry its times."""
 
@@ -717,7 +718,7 @@ def generate_wide_org(  # noqa: PLR0913
         store.add_org(org_name or "acme")
     maker = _Maker(seed, float(int(store.clock())) if end is None else end)
     rng = maker.rng
-    history = maker.end - _WIDE_QUIET
+    history = maker.end - HISTORY_QUIET
     writes: list[tuple[float, Callable[[], str]]] = []
     made: dict[RowSource, list[str]] = {source: [] for source in ROW_SOURCES}
     for index in range(projects):

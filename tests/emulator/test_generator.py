@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 import unicodedata
@@ -22,6 +21,8 @@ from tests.emulator.generator import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from tests.emulator.store import RowSource
 
 SPAN_TYPES = {"llm", "score", "function", "eval", "task", "tool"}
@@ -209,7 +210,7 @@ def xact_seconds(row: dict[str, Any]) -> int:
     return (int(row["_xact_id"]) >> 16) & 0xFFFFFFFF
 
 
-def created_seconds(row: dict[str, Any]) -> float:
+def created_seconds(row: Mapping[str, Any]) -> float:
     return datetime.fromisoformat(row["created"].replace("Z", "+00:00")).timestamp()
 
 
@@ -305,16 +306,72 @@ def test_wide_org_small_change() -> None:
     assert again == change
 
 
-def test_demo_is_history_an_incremental_lookback_does_not_reach() -> None:
-    store = Store(clock=lambda: FIXED_NOW)
+# The demo as history -----------------------------------------------------------------------
+
+
+class InsertLog(Store):
+    """A store noting each insert's `_xact_id` and rows, in the order they are made."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: FIXED_NOW)
+        self.inserts: list[tuple[int, list[Mapping[str, Any]]]] = []
+
+    def insert_rows(
+        self,
+        object_type: RowSource,
+        object_id: str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        visible: bool = True,
+    ) -> str:
+        rows = list(rows)
+        xact_id = super().insert_rows(object_type, object_id, rows, visible=visible)
+        self.inserts.append((int(xact_id), rows))
+        return xact_id
+
+
+def seconds(xact_id: int | str) -> int:
+    return (int(xact_id) >> 16) & 0xFFFFFFFF
+
+
+def test_demo_rows_are_written_in_the_past_in_order_each_after_its_created() -> None:
+    store = InsertLog()
     demo = generate_demo(store, seed=7)
-    assert store.clock() == FIXED_NOW  # the store's own clock is back
-    versions = [
-        row for (source, object_id) in demo.row_counts for row in store.rows(source, object_id)
-    ]
-    assert len(versions) > 1000
-    written = [xact_seconds(row) for row in versions]
-    assert FIXED_NOW - max(written) > 3600  # well outside any lookback of minutes
-    gaps = {b - a for a, b in itertools.pairwise(sorted(set(written)))}
-    assert min(gaps) > 60  # a 60-second lookback holds one write
-    assert all(created_seconds(row) <= xact_seconds(row) for row in versions)
+    assert store.clock() == FIXED_NOW  # the stand-in clock is gone
+    assert demo.end == FIXED_NOW
+    written = [seconds(xact_id) for xact_id, _ in store.inserts]
+    assert written == sorted(set(written))  # in the order made, each in a second of its own
+    assert written[-1] - written[0] > 60  # over minutes, not at one moment
+    for xact_id, inserted in store.inserts:
+        assert all(created_seconds(row) <= seconds(xact_id) for row in inserted)
+    rows = every_row((store, demo))
+    assert len(rows) == sum(demo.row_counts.values()) > 1000
+    assert all(created_seconds(row) <= xact_seconds(row) for row in rows)
+    assert max(xact_seconds(row) for row in rows) < FIXED_NOW - 6000  # merges too
+    comments = [comment for row in rows for comment in row["comments"] or []]
+    assert len(comments) == 9
+    assert all(created_seconds(comment) == xact_seconds(comment) for comment in comments)
+
+
+def test_demo_ends_an_hour_ago_with_a_clean_up_no_lookback_of_minutes_reaches_past(
+    made: tuple[Store, Demo],
+) -> None:
+    store, demo = made
+    last = int(store.freshness()[0])  # where a run that read everything leaves its watermark
+    assert seconds(last) == FIXED_NOW - 3600
+    rows = every_row(made)
+    assert max(int(row["_xact_id"]) for row in rows) < last - (3000 << 16)
+    assert {row["id"] for row in rows}.isdisjoint(demo.deleted_row_ids)  # the clean-up
+
+
+def test_demo_gives_the_store_its_clock_back_when_a_write_fails() -> None:
+    class FailingStore(Store):
+        def merge_rows(self, *args: Any, **kwargs: Any) -> str:
+            msg = "disk full"
+            raise RuntimeError(msg)
+
+    store = FailingStore(lambda: FIXED_NOW)
+    clock = store.clock
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate_demo(store, seed=7)
+    assert store.clock is clock
