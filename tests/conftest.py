@@ -45,12 +45,10 @@ STREAM_SCHEMAS = {
 
 def json_union_fields() -> set[str]:
     """`stream.field` of every free-form JSON field (typed as a union of all JSON types)."""
-    json_types = {"object", "array", "string", "number", "integer", "boolean"}
     return {
         f"{stream}.{name}"
         for stream, schema in STREAM_SCHEMAS.items()
-        for name, field in schema["properties"].items()
-        if json_types <= set(field.get("type", ()))
+        for name in schemas.json_text_fields(schema)
     }
 
 
