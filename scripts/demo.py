@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,7 +31,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from tap_braintrust.tap import STREAM_NAMES
 from tests.emulator import running_emulator
 from tests.meltano_project import MeltanoProject, Run
-from tests.postgres import Cluster, PostgresServer, PostgresUnavailableError, embedded_binaries
+from tests.postgres import (
+    Cluster,
+    PostgresServer,
+    PostgresUnavailableError,
+    embedded_binaries,
+    remove_server_folder,
+    server_folder,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -86,14 +92,22 @@ class DemoFiles:
     output: Path
 
     @property
+    def server_files(self) -> Path:
+        """The PostgreSQL server's files, or a link to them.
+
+        A link under root when the server's account cannot enter `output`.
+        """
+        return self.output / "postgres"
+
+    @property
     def cluster(self) -> Cluster:
-        """The PostgreSQL server's files."""
-        return Cluster(self.output / "postgres", embedded_binaries())
+        """The PostgreSQL server, wherever its files are."""
+        return Cluster(self.server_files.resolve(), embedded_binaries())
 
     @property
     def login(self) -> Path:
         """The server's user and password (its port is read from the running server)."""
-        return self.output / "postgres" / "login.json"
+        return self.server_files / "login.json"
 
     @property
     def duckdb(self) -> Path:
@@ -264,7 +278,8 @@ def demo_server(files: DemoFiles) -> PostgresServer:
     """The demo's server: made on the first demo, started if stopped, else reused."""
     cluster = files.cluster
     if not cluster.exists or not files.login.exists():
-        shutil.rmtree(cluster.directory, ignore_errors=True)
+        remove_server_folder(files.server_files)
+        cluster = Cluster(server_folder(files.server_files), cluster.binaries)
         password = secrets.token_urlsafe(18)
         cluster.create(password)
         files.login.write_text(json.dumps({"user": "warehouse_admin", "password": password}))
@@ -390,7 +405,9 @@ def recipe_answers(query: Callable[[str], Answer]) -> str:
 def how_to_explore(files: DemoFiles, server: PostgresServer) -> str:
     """How to open, stop and remove what the demo leaves behind."""
     where = f"PostgreSQL on {server.host}:{server.port}, database {DATABASE}, schema {SCHEMA}"
-    login, data = files.shown(files.login), files.shown(files.cluster.directory)
+    login, data = files.shown(files.login), files.shown(files.server_files)
+    if files.server_files.is_symlink():
+        data += f" -> {files.cluster.directory}, where the server's account can reach them"
     demo = "bash scripts/demo"
     if files.output != ROOT / "output":
         demo += f" --output {files.shown(files.output)}"
@@ -428,7 +445,7 @@ def open_psql(files: DemoFiles, arguments: list[str]) -> int:
 def remove(files: DemoFiles) -> None:
     """Stop the server and delete every file the demo made (and nothing else in output/)."""
     files.cluster.stop()
-    shutil.rmtree(files.cluster.directory, ignore_errors=True)
+    remove_server_folder(files.server_files)
     for path in (files.duckdb, files.meltano_log):
         path.unlink(missing_ok=True)
     print(f"Removed the demo's PostgreSQL and files from {files.shown(files.output)}.")

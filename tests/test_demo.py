@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -23,11 +20,12 @@ from scripts import demo
 from tests.conftest import OBJECT_STREAMS
 from tests.emulator import Store, generate_demo
 from tests.meltano_project import ROOT, clean_environment
-from tests.postgres import PostgresServer, shared_tmp
+from tests.postgres import PostgresServer, remove_server_folder
 from tests.warehouse import ROW_STREAMS, scores_by_model
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 
 def run_demo(output: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,19 +42,19 @@ def run_demo(output: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def output() -> Iterator[Path]:
+def output(tmp_path: Path) -> Iterator[Path]:
     """The demo's output folder; its server is stopped and its files removed afterwards.
 
-    Not under pytest's private tmp_path: under root the server's account must reach it,
-    as it reaches the repository's `output/`.
+    Under pytest's tmp_path, which only its user may enter: under root (CI, a container) the
+    server's account cannot, and the demo must put the server's files where it can.
     """
-    folder = Path(tempfile.mkdtemp(prefix="tap-braintrust-demo-", dir=shared_tmp()))
-    folder.chmod(0o755)
+    folder = tmp_path / "output"
     try:
-        yield folder / "output"
+        yield folder
     finally:
-        demo.DemoFiles(folder / "output").cluster.stop(mode="immediate")
-        shutil.rmtree(folder, ignore_errors=True)
+        files = demo.DemoFiles(folder)
+        files.cluster.stop(mode="immediate")
+        remove_server_folder(files.server_files)
 
 
 def demo_truth(seed: int = 7) -> tuple[Store, dict[str, set[tuple[str, str]]]]:
