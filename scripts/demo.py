@@ -7,7 +7,9 @@ an incremental run that sends only those again. Then the README's recipes, answe
 the loaded tables. The server keeps running for you to explore; `psql`, `stop` and `remove`
 open, stop and delete it. With `--duckdb`, one load into `output/demo.duckdb` instead.
 
-Run through `bash scripts/demo`, which installs everything first. Meltano runs in a
+Run through `bash scripts/demo`, which installs the project first; the demo then installs
+the Meltano plugins it runs, and only those (a loader it does not run may have no wheel
+for this Python). Meltano runs in a
 throwaway copy of this project (tests/meltano_project.py), so the demo never touches a
 pipeline you set up here for a real org: its state, settings or data.
 """
@@ -30,7 +32,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tap_braintrust.tap import STREAM_NAMES
 from tests.emulator import running_emulator
-from tests.meltano_project import MeltanoProject, Run
+from tests.meltano_project import (
+    PIPELINE_PLUGINS,
+    MeltanoProject,
+    PluginInstallError,
+    Run,
+    install_plugins,
+)
 from tests.postgres import (
     Cluster,
     PostgresServer,
@@ -153,8 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             remove(files)
             return 0
         files.output.mkdir(parents=True, exist_ok=True)
-        return duckdb_demo(files, args.seed) if args.duckdb else postgres_demo(files, args.seed)
-    except (PostgresUnavailableError, DemoError) as error:
+        if args.duckdb:
+            install_plugins("tap-braintrust", "target-duckdb")
+            return duckdb_demo(files, args.seed)
+        install_plugins(*PIPELINE_PLUGINS)
+        return postgres_demo(files, args.seed)
+    except (PostgresUnavailableError, PluginInstallError, DemoError) as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
 

@@ -16,7 +16,7 @@ import pytest
 
 from tap_braintrust import schemas
 from tests.emulator import Emulator, running_emulator
-from tests.meltano_project import install_plugins
+from tests.meltano_project import PIPELINE_PLUGINS, PluginInstallError, install_plugins
 from tests.postgres import PostgresServer, running_postgres, system_binaries
 
 if TYPE_CHECKING:
@@ -188,5 +188,24 @@ def system_postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def meltano_plugins() -> None:
-    """The tap and loaders installed in the repository's Meltano project, once a session."""
-    install_plugins()
+    """The tap and target-postgres installed in the repository's Meltano project."""
+    install_plugins(*PIPELINE_PLUGINS)
+
+
+@functools.cache
+def _loader_install_problem(loader: str) -> str | None:
+    """Why `loader` cannot be installed here, or None once it is (tried once a session)."""
+    try:
+        install_plugins(loader)
+    except PluginInstallError as error:
+        return str(error)
+    return None
+
+
+def require_loader(loader: str) -> None:
+    """Install `loader`, or skip the test, saying why: some loaders pin packages that have
+    no wheel for the newest Pythons (meltano.yml), and nothing is compiled from source."""
+    problem = _loader_install_problem(loader)
+    if problem is not None:
+        version = ".".join(map(str, sys.version_info[:2]))
+        pytest.skip(f"{loader} cannot be installed on Python {version}: {problem[-600:]}")

@@ -29,7 +29,14 @@ from tests.activity import (
     window_keys,
     xact_floors,
 )
-from tests.conftest import API_KEY, OBJECT_STREAMS, STREAM_SCHEMAS, demo_of, json_union_fields
+from tests.conftest import (
+    API_KEY,
+    OBJECT_STREAMS,
+    STREAM_SCHEMAS,
+    demo_of,
+    json_union_fields,
+    require_loader,
+)
 from tests.loaded_tables import (
     SCHEMA,
     DuckDBWarehouse,
@@ -89,6 +96,8 @@ class Destination:
 def destination(request: pytest.FixtureRequest, tmp_path: Path) -> Destination:
     """An empty database of the session's PostgreSQL (the wheel's, or Debian's when it is
     installed, so both majors stay covered), or a new DuckDB file."""
+    if request.param in {"target-postgres-pipelinewise", "target-duckdb"}:
+        require_loader(request.param)  # pins packages with no wheel for the newest Pythons
     if request.param.startswith("target-postgres"):
         fixture = "system_postgres" if request.param.endswith("system") else "postgres"
         server = request.getfixturevalue(fixture)

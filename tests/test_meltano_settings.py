@@ -10,24 +10,26 @@ import pytest
 import yaml
 
 from tests.conftest import API_KEY, demo_of
-from tests.loaded_tables import DuckDBWarehouse
+from tests.loaded_tables import PostgresWarehouse
 from tests.meltano_project import ROOT, MeltanoProject, throwaway_definition
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.emulator import Emulator
+    from tests.postgres import PostgresServer
 
 
 @pytest.mark.usefixtures("meltano_plugins")
 def test_settings_reach_the_tap_and_the_key_is_never_shown(
-    emulator: Emulator, tmp_path: Path
+    emulator: Emulator, postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    postgres.create_database("settings")
+    warehouse = PostgresWarehouse(postgres, "settings")
     project = MeltanoProject.copy_to(
         tmp_path / "project",
         TAP_BRAINTRUST_API_URL=emulator.url,
-        TARGET_DUCKDB_FILEPATH=str(warehouse.path),
+        **postgres.target_env("settings"),
     )
     chosen = demo_of(emulator).projects[1]
     project.succeed("config", "set", "tap-braintrust", "api_key", API_KEY)
@@ -46,7 +48,7 @@ def test_settings_reach_the_tap_and_the_key_is_never_shown(
     assert f"current value: '{emulator.url}' (from the TAP_BRAINTRUST_API_URL" in listing.stdout
     assert json.loads(printed.stdout)["page_size"] == 7
     assert json.loads(printed.stdout)["api_key"] == "*****"
-    run = project.succeed("run", "tap-braintrust", "target-duckdb")
+    run = project.succeed("run", "tap-braintrust", "target-postgres")
     for shown in (listing, printed, run):
         assert API_KEY not in shown.output
         assert API_KEY[3:15] not in shown.output
