@@ -30,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from scripts.interpreters import find_interpreter, supported_versions
 from tap_braintrust.tap import STREAM_NAMES
 from tests.emulator import running_emulator
 from tests.meltano_project import (
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from tests.emulator.generator import Demo
 
 ROOT = Path(__file__).resolve().parent.parent
+DUCKDB_PLUGINS = ("tap-braintrust", "target-duckdb")
 DATABASE = "braintrust"
 SCHEMA = "braintrust"
 DEMO_API_KEY = "sk-demo-not-a-real-key"
@@ -162,8 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         files.output.mkdir(parents=True, exist_ok=True)
         if args.duckdb:
-            install_plugins("tap-braintrust", "target-duckdb")
-            return duckdb_demo(files, args.seed)
+            return duckdb_demo(files, args.seed, duckdb_python())
         install_plugins(*PIPELINE_PLUGINS)
         return postgres_demo(files, args.seed)
     except (PostgresUnavailableError, PluginInstallError, DemoError) as error:
@@ -210,12 +211,56 @@ def postgres_demo(files: DemoFiles, seed: int) -> int:
     return 0
 
 
-def duckdb_demo(files: DemoFiles, seed: int) -> int:
-    """One `meltano run tap-braintrust--json-text target-duckdb` into `output/demo.duckdb`."""
+def duckdb_python() -> Path | None:
+    """Install the DuckDB demo's plugins; None, or the older Python they need here.
+
+    target-duckdb 0.8.0 needs duckdb 1.0.0 (meltano.yml), which has no wheel for Python 3.13
+    (newer duckdb loses rows with it). There an older supported Python on this machine runs
+    the demo's plugins, in its own Meltano project: Meltano gives one Python to all of a
+    project's plugins (`MELTANO_PYTHON`), and the repository's stay on this one.
+    """
+    try:
+        install_plugins(*DUCKDB_PLUGINS)
+    except PluginInstallError as error:
+        if not error.no_wheel:
+            raise
+    else:
+        return None
+    running = sys.version_info[:2]
+    older = [v for v in supported_versions() if tuple(map(int, v.split("."))) < running]
+    for version in reversed(older):
+        interpreter = find_interpreter(version)
+        if interpreter is not None:
+            print(
+                f"target-duckdb's duckdb 1.0.0 has no wheel for Python {running[0]}.{running[1]}:"
+                f" its plugins run on Python {version} ({interpreter})"
+            )
+            return interpreter
+    message = (
+        f"target-duckdb 0.8.0 needs duckdb 1.0.0, which has no wheel for Python "
+        f"{running[0]}.{running[1]} (and newer duckdb loses rows with it), and this machine "
+        f"has no Python {' or '.join(older)} to run it with. Install one and run the demo"
+        " on it (`UV_PYTHON=/path/to/python3.12 bash scripts/demo --duckdb`), or run the"
+        " PostgreSQL demo (`bash scripts/demo`)"
+    )
+    raise DemoError(message)
+
+
+def duckdb_demo(files: DemoFiles, seed: int, python: Path | None) -> int:
+    """One `meltano run tap-braintrust--json-text target-duckdb` into `output/demo.duckdb`.
+
+    With `python`, its Meltano project installs its own plugins on that Python.
+    """
     import duckdb  # noqa: PLC0415 - only this variant needs it
 
     files.duckdb.unlink(missing_ok=True)
-    with demo_project(seed, TARGET_DUCKDB_FILEPATH=str(files.duckdb)) as (emulator, project):
+    own_python = {"MELTANO_PYTHON": str(python)} if python else {}
+    with demo_project(seed, TARGET_DUCKDB_FILEPATH=str(files.duckdb), **own_python) as (
+        emulator,
+        project,
+    ):
+        if python:
+            project.install_own_plugins(*DUCKDB_PLUGINS)
         run = run_pipeline(files, project, emulator, "tap-braintrust--json-text", "target-duckdb")
     print(run.describe(f"Loaded into {files.shown(files.duckdb)}"))
 
@@ -235,7 +280,7 @@ def duckdb_demo(files: DemoFiles, seed: int) -> int:
 
 
 @contextlib.contextmanager
-def demo_project(seed: int, **target_env: str) -> Iterator[tuple[Emulator, MeltanoProject]]:
+def demo_project(seed: int, **environment: str) -> Iterator[tuple[Emulator, MeltanoProject]]:
     """The emulator with demo data, and a throwaway Meltano project reading it."""
     with (
         running_emulator(api_key=DEMO_API_KEY, demo_seed=seed) as emulator,
@@ -246,7 +291,7 @@ def demo_project(seed: int, **target_env: str) -> Iterator[tuple[Emulator, Melta
             Path(scratch),
             TAP_BRAINTRUST_API_URL=emulator.url,
             TAP_BRAINTRUST_API_KEY=DEMO_API_KEY,
-            **target_env,
+            **environment,
         )
         yield emulator, project
 

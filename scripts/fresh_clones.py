@@ -4,9 +4,10 @@ Run through `bash scripts/fresh-clones [--keep]` (CI runs it before the suite). 
 and the newest Python that `pyproject.toml` supports, it clones this repository's committed
 HEAD into a new folder only its user may enter (`mktemp -d`; under root that is what a
 container gives: the server's account cannot enter it), and there runs `bash scripts/demo`,
-then `bash scripts/demo remove`, exactly as the README says, with `UV_PYTHON` naming that
-Python. Each clone has venvs of its own, so the suite's are never re-synced. Then it checks
-that the demo's server is stopped and its files are gone, and deletes the clone.
+then `bash scripts/demo remove`, then the same with `--duckdb`, exactly as the README says,
+with `UV_PYTHON` naming that Python. Each clone has venvs of its own, so the suite's are
+never re-synced. It checks that the demo's server is stopped and its files are gone, and
+deletes the clone.
 
 Interpreters are found by running them: pyenv shims answer `command -v` and then fail.
 Fewer than two found is said in the output; none found fails.
@@ -25,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.interpreters import find_interpreter, supported_versions
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TIMEOUT = 1800  # seconds; a fresh clone installs its venvs first
 EXPECTED_LINES = ("Second run, incremental:", "The database stays up for you")
@@ -41,50 +44,6 @@ class Outcome:
     passed: bool
     seconds: float
     detail: str
-
-
-def supported_versions() -> tuple[str, str]:
-    """The oldest and newest `X.Y` the package claims (its classifiers, which CI tests)."""
-    text = (ROOT / "pyproject.toml").read_text()
-    versions = sorted(
-        {tuple(map(int, found)) for found in re.findall(r"Python :: (\d+)\.(\d+)\"", text)}
-    )
-    if not versions:
-        message = "pyproject.toml lists no `Programming Language :: Python :: X.Y` classifier"
-        raise SystemExit(message)
-    return "{}.{}".format(*versions[0]), "{}.{}".format(*versions[-1])
-
-
-def find_interpreter(version: str) -> Path | None:
-    """A Python `version` that really runs: on PATH, the system's, uv's or pyenv's."""
-    home = Path.home()
-    candidates = [
-        shutil.which(f"python{version}"),
-        f"/usr/bin/python{version}",
-        f"/usr/local/bin/python{version}",
-        *sorted(
-            map(str, home.glob(f".pyenv/versions/{version}.*/bin/python{version}")),
-            reverse=True,
-        ),
-        *sorted(
-            map(str, home.glob(f".local/share/uv/python/cpython-{version}.*/bin/python{version}")),
-            reverse=True,
-        ),
-    ]
-    for candidate in dict.fromkeys(c for c in candidates if c):
-        try:
-            done = subprocess.run(  # noqa: S603 - interpreters found on this machine
-                [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except OSError:
-            continue
-        if done.returncode == 0 and done.stdout.strip() == version:
-            return Path(candidate)
-    return None
 
 
 def clone_environment(interpreter: Path) -> dict[str, str]:
@@ -134,6 +93,11 @@ def demo_in_fresh_clone(version: str, interpreter: Path, *, keep: bool) -> Outco
         first_run = _first_run(demo)
         removed = run("bash", "scripts/demo", "remove", timeout=300)
         problem = _problem(demo, removed, clone)
+        if not problem:
+            duckdb = run("bash", "scripts/demo", "--duckdb")
+            problem, loaded = _duckdb_outcome(duckdb)
+            first_run += f"; --duckdb: {loaded}"
+            run("bash", "scripts/demo", "remove", timeout=300)
     except subprocess.SubprocessError as error:  # a clone that failed, a command that hung
         problem = str(error)
         if clone.exists():
@@ -176,6 +140,22 @@ def _problem(
     return ""
 
 
+def _duckdb_outcome(demo: subprocess.CompletedProcess[str]) -> tuple[str, str]:
+    """What went wrong with `--duckdb` (or an empty string), and what it did.
+
+    Where the DuckDB loader has no wheel and no older Python is found to run it, saying so
+    plainly is right.
+    """
+    if demo.returncode == 0:
+        loaded = re.search(r"^Loaded into .*$", demo.stdout, re.MULTILINE)
+        older = re.search(r"its plugins run on Python \S+", demo.stdout)
+        done = (loaded.group() if loaded else "") + (f" ({older.group()})" if older else "")
+        return ("", done) if loaded else ("`--duckdb` printed no `Loaded into` line", "")
+    if "has no wheel for Python" in demo.stderr and "Install one" in demo.stderr:
+        return "", "not run: no older Python to run target-duckdb with (said so)"
+    return f"`bash scripts/demo --duckdb` exited {demo.returncode}: {demo.stderr[-1500:]}", ""
+
+
 def _first_run(demo: subprocess.CompletedProcess[str]) -> str:
     """The demo's line about its first `meltano run`."""
     return next((line for line in demo.stdout.splitlines() if line.startswith("First run")), "")
@@ -189,7 +169,8 @@ def main() -> int:
     who = "root" if os.geteuid() == 0 else "a user"
     print(f"fresh clones: the demo as {who}, each clone in a folder only its user may enter")
     outcomes: list[Outcome] = []
-    versions = dict.fromkeys(supported_versions())
+    supported = supported_versions()
+    versions = dict.fromkeys((supported[0], supported[-1]))
     found = {version: find_interpreter(version) for version in versions}
     for version, interpreter in found.items():
         if interpreter is None:

@@ -193,19 +193,28 @@ def meltano_plugins() -> None:
 
 
 @functools.cache
-def _loader_install_problem(loader: str) -> str | None:
-    """Why `loader` cannot be installed here, or None once it is (tried once a session)."""
+def _loader_without_wheel(loader: str) -> str | None:
+    """Why `loader` has no wheel for this Python, or None once it is installed.
+
+    Tried once a session. Any other install failure (an index outage, say) fails the tests.
+    """
     try:
         install_plugins(loader)
     except PluginInstallError as error:
+        if not error.no_wheel:
+            raise
         return str(error)
     return None
 
 
 def require_loader(loader: str) -> None:
-    """Install `loader`, or skip the test, saying why: some loaders pin packages that have
-    no wheel for the newest Pythons (meltano.yml), and nothing is compiled from source."""
-    problem = _loader_install_problem(loader)
+    """Install `loader`, or skip the test, saying why.
+
+    Some loaders pin packages that have no wheel for the newest Pythons (meltano.yml), and
+    nothing is compiled from source.
+    """
+    problem = _loader_without_wheel(loader)
     if problem is not None:
         version = ".".join(map(str, sys.version_info[:2]))
-        pytest.skip(f"{loader} cannot be installed on Python {version}: {problem[-600:]}")
+        cause = problem.rsplit("\n", 3)[-3:]
+        pytest.skip(f"{loader} has no wheel for Python {version}: {' '.join(cause)}")

@@ -41,6 +41,12 @@ PIPELINE_PLUGINS = ("tap-braintrust", "target-postgres")
 class PluginInstallError(RuntimeError):
     """`meltano install` failed; the message ends with what it printed."""
 
+    @property
+    def no_wheel(self) -> bool:
+        """Whether it failed for want of a wheel for this Python (meltano.yml's loaders
+        refuse to build the packages they pin from source), not for another reason."""
+        return "Wheels are required for" in str(self) or "has no usable wheels" in str(self)
+
 
 def install_plugins(*names: str) -> None:
     """`meltano install NAMES` in the repository (quick when the venvs are already current).
@@ -114,6 +120,16 @@ class MeltanoProject:
         for kind in _PLUGIN_KINDS:
             (directory / ".meltano" / kind).symlink_to(ROOT / ".meltano" / kind)
         return cls(directory, clean_environment(**settings))
+
+    def install_own_plugins(self, *names: str) -> None:
+        """Install `names` in this copy rather than share the repository's (for another
+        Python's plugins, with `MELTANO_PYTHON`)."""
+        for kind in _PLUGIN_KINDS:
+            (self.directory / ".meltano" / kind).unlink()
+        run = self.run("install", *names)
+        if run.returncode != 0:
+            message = f"`meltano install {' '.join(names)}` failed:\n{run.output[-3000:]}"
+            raise PluginInstallError(message)
 
     def run(self, *args: str) -> Run:
         """`meltano ARGS` in this project."""
