@@ -126,6 +126,11 @@ class MeltanoProject:
         Python's plugins, with `MELTANO_PYTHON`)."""
         for kind in _PLUGIN_KINDS:
             (self.directory / ".meltano" / kind).unlink()
+        definition = yaml.safe_load((self.directory / "meltano.yml").read_text())
+        for extractor in definition["plugins"]["extractors"]:
+            if extractor.get("pip_url") == "-e .":  # the tap: this repository, not the copy
+                extractor["pip_url"] = f"-e {ROOT}"
+        (self.directory / "meltano.yml").write_text(yaml.safe_dump(definition, sort_keys=False))
         run = self.run("install", *names)
         if run.returncode != 0:
             message = f"`meltano install {' '.join(names)}` failed:\n{run.output[-3000:]}"
