@@ -216,5 +216,10 @@ def require_loader(loader: str) -> None:
     problem = _loader_without_wheel(loader)
     if problem is not None:
         version = ".".join(map(str, sys.version_info[:2]))
-        cause = problem.rsplit("\n", 3)[-3:]
-        pytest.skip(f"{loader} has no wheel for Python {version}: {' '.join(cause)}")
+        pytest.skip(f"{loader} has no wheel for Python {version}: {_wheel_message(problem)}")
+
+
+def _wheel_message(output: str) -> str:
+    """The installer's lines about the missing wheel, out of Meltano's framed output."""
+    lines = (line.strip(" │╭╮╰╯─") for line in output.splitlines())
+    return " ".join(line for line in lines if "wheel" in line.lower())
