@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from psycopg import sql
 
 from scripts.benchmark import API_KEY, EmulatorProcess
@@ -141,23 +140,21 @@ class Bench:
             settings["TAP_BRAINTRUST_BATCH_CONFIG"] = json.dumps(batch_config)
         settings.update(self.server.target_env(database))
         project = MeltanoProject.copy_to(self.work / database, **settings)
-        path = project.directory / "meltano.yml"
-        definition = yaml.safe_load(path.read_text())
-        extractors: list[dict[str, Any]] = definition["plugins"]["extractors"]
-        for plugin in extractors:
-            if plugin["name"] == "tap-braintrust":
-                plugin["select"] = ["project_logs.*"]
-                plugin["config"] = {**plugin.get("config", {}), "project_ids": self.ids}
-        extractors += [
-            {
-                "name": name,
-                "inherit_from": "tap-braintrust",
-                "config": {"project_ids": [project_id]},
-                "select": ["project_logs.*"],
-            }
-            for name, project_id in zip(PARTS, self.ids, strict=True)
-        ]
-        path.write_text(yaml.safe_dump(definition, sort_keys=False))
+        with project.definition() as definition:
+            extractors: list[dict[str, Any]] = definition["plugins"]["extractors"]
+            for plugin in extractors:
+                if plugin["name"] == "tap-braintrust":
+                    plugin["select"] = ["project_logs.*"]
+                    plugin["config"] = {**plugin.get("config", {}), "project_ids": self.ids}
+            extractors += [
+                {
+                    "name": name,
+                    "inherit_from": "tap-braintrust",
+                    "config": {"project_ids": [project_id]},
+                    "select": ["project_logs.*"],
+                }
+                for name, project_id in zip(PARTS, self.ids, strict=True)
+            ]
         return project
 
     def measure(self, messages: str, layout: str) -> Result:
@@ -166,9 +163,7 @@ class Bench:
         self.server.create_database(database)
         try:
             project = self.project(database, messages)
-            future = {"TAP_BRAINTRUST_START_DATE": "2999-01-01T00:00:00Z"}
-            setup = MeltanoProject(project.directory, {**project.env, **future})
-            setup.succeed("run", "--no-state-update", "tap-braintrust", "target-postgres")
+            project.create_tables()
             result = self.timed(project, messages, layout)
             with self.server.connect(database) as connection:
                 loaded = connection.execute(

@@ -8,15 +8,19 @@ own pipeline: its state, its `.env`, or tap settings it saved in `meltano.yml`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 MELTANO = str(Path(sys.executable).with_name("meltano"))
@@ -53,10 +57,7 @@ def install_plugins(*names: str) -> None:
 
     Only the plugins named: a loader the run does not use may not install on this Python.
     """
-    run = MeltanoProject(ROOT, clean_environment()).run("install", *names)
-    if run.returncode != 0:
-        message = f"`meltano install {' '.join(names)}` failed:\n{run.output[-3000:]}"
-        raise PluginInstallError(message)
+    MeltanoProject(ROOT, clean_environment()).install(*names)
 
 
 def throwaway_definition(project: dict[str, Any]) -> dict[str, Any]:
@@ -121,20 +122,42 @@ class MeltanoProject:
             (directory / ".meltano" / kind).symlink_to(ROOT / ".meltano" / kind)
         return cls(directory, clean_environment(**settings))
 
+    def with_env(self, **settings: str) -> MeltanoProject:
+        """The same project, its commands run with more environment variables."""
+        return MeltanoProject(self.directory, {**self.env, **settings})
+
+    @contextlib.contextmanager
+    def definition(self) -> Iterator[dict[str, Any]]:
+        """This copy's `meltano.yml`, to change: written back when the block ends."""
+        path = self.directory / "meltano.yml"
+        definition = yaml.safe_load(path.read_text())
+        yield definition
+        path.write_text(yaml.safe_dump(definition, sort_keys=False))
+
+    def install(self, *names: str) -> None:
+        """`meltano install NAMES`; PluginInstallError, with what it printed, if it fails."""
+        run = self.run("install", *names)
+        if run.returncode != 0:
+            message = f"`meltano install {' '.join(names)}` failed:\n{run.output[-3000:]}"
+            raise PluginInstallError(message)
+
     def install_own_plugins(self, *names: str) -> None:
         """Install `names` in this copy rather than share the repository's (for another
         Python's plugins, with `MELTANO_PYTHON`)."""
         for kind in _PLUGIN_KINDS:
             (self.directory / ".meltano" / kind).unlink()
-        definition = yaml.safe_load((self.directory / "meltano.yml").read_text())
-        for extractor in definition["plugins"]["extractors"]:
-            if extractor.get("pip_url") == "-e .":  # the tap: this repository, not the copy
-                extractor["pip_url"] = f"-e {ROOT}"
-        (self.directory / "meltano.yml").write_text(yaml.safe_dump(definition, sort_keys=False))
-        run = self.run("install", *names)
-        if run.returncode != 0:
-            message = f"`meltano install {' '.join(names)}` failed:\n{run.output[-3000:]}"
-            raise PluginInstallError(message)
+        with self.definition() as definition:
+            for extractor in definition["plugins"]["extractors"]:
+                if extractor.get("pip_url") == "-e .":  # the tap: this repository, not the copy
+                    extractor["pip_url"] = f"-e {ROOT}"
+        self.install(*names)
+
+    def create_tables(self, tap: str = "tap-braintrust", loader: str = "target-postgres") -> Run:
+        """The serial set-up run before parallel jobs (README "Parallel jobs"): a start date
+        in the future makes the tap send every stream's SCHEMA and no rows, so the loader
+        creates every table; no state is kept."""
+        future = self.with_env(TAP_BRAINTRUST_START_DATE="2999-01-01T00:00:00Z")
+        return future.succeed("run", "--no-state-update", tap, loader)
 
     def run(self, *args: str) -> Run:
         """`meltano ARGS` in this project."""

@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 LOADER = "target-postgres"
 PART_A = "tap-braintrust--part-a"
 PART_B = "tap-braintrust--part-b"  # also runs the report
-FUTURE = "2999-01-01T00:00:00Z"  # the set-up run: every SCHEMA message, no rows
 REPORT = "daily_models"
 # Each table's primary key, and the column naming the object that owns a row.
 KEYS: dict[str, tuple[str, ...]] = {
@@ -102,16 +100,13 @@ def test_two_parallel_jobs_load_what_one_job_loads_and_keep_to_their_own_part(
     project = MeltanoProject.copy_to(tmp_path / "parts", **api, **postgres.target_env(database))
     declare_parts(project, parts)
     jobs = {
-        PART_A: with_env(project, TAP_BRAINTRUST_PROJECT_IDS=json.dumps(parts[PART_A])),
-        PART_B: with_env(
-            project,
+        PART_A: project.with_env(TAP_BRAINTRUST_PROJECT_IDS=json.dumps(parts[PART_A])),
+        PART_B: project.with_env(
             TAP_BRAINTRUST_PROJECT_IDS=json.dumps(parts[PART_B]),
             TAP_BRAINTRUST_CUSTOM_STREAMS=report,
         ),
     }
-    setup = with_env(project, TAP_BRAINTRUST_START_DATE=FUTURE).succeed(
-        "run", "--no-state-update", "tap-braintrust", LOADER
-    )
+    setup = project.create_tables(loader=LOADER)
     assert tables_of(postgres, database) >= set(KEYS) - {REPORT}
     assert row_count(postgres, database, "project_logs") == 0
     started = time.monotonic()
@@ -203,17 +198,10 @@ def report_stream(project_id: str) -> dict[str, Any]:
 
 def declare_parts(project: MeltanoProject, parts: dict[str, list[str]]) -> None:
     """Add one extractor per part to the copy's meltano.yml, each inherited from the tap."""
-    path = project.directory / "meltano.yml"
-    definition = yaml.safe_load(path.read_text())
-    definition["plugins"]["extractors"] += [
-        {"name": name, "inherit_from": "tap-braintrust"} for name in parts
-    ]
-    path.write_text(yaml.safe_dump(definition, sort_keys=False))
-
-
-def with_env(project: MeltanoProject, **settings: str) -> MeltanoProject:
-    """The same project, its commands run with more environment variables: one job."""
-    return MeltanoProject(project.directory, {**project.env, **settings})
+    with project.definition() as definition:
+        definition["plugins"]["extractors"] += [
+            {"name": name, "inherit_from": "tap-braintrust"} for name in parts
+        ]
 
 
 def run_in_parallel(
