@@ -52,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N/SECONDS",
         help="answer 429 past N /btql requests in a rolling window of SECONDS",
     )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="take any construct the parser reads, not only the evidenced dialect",
+    )
+    parser.add_argument(
+        "--2025",
+        dest="reference_2025",
+        action="store_true",
+        help="answer as the 2025 BTQL reference reads: no cursor on a sorted query",
+    )
     args = parser.parse_args(argv)
     stopping = threading.Event()
 
@@ -68,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         overflow_bytes=args.overflow_bytes,
         overflow_cursor=args.overflow_cursor,
         btql_rate_limit=args.btql_rate_limit,
+        strict=not args.lenient,
+        sorted_cursor=not args.reference_2025,
     )
     with emulator:
         if args.demo:

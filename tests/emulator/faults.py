@@ -29,6 +29,10 @@ class FaultRule:
         times: fault only the first n matching requests; None faults all of them.
         probability: chance that a matching request is faulted (drawn from the seeded RNG).
         min_limit: only /btql requests whose page limit is above this (big pages failing).
+        min_ids: only /btql requests whose source names at least this many object ids (a
+            query too wide for the service).
+        skip: let this many matching requests through before faulting any (a failure in
+            the middle of a read).
     """
 
     kind: FaultKind
@@ -40,6 +44,8 @@ class FaultRule:
     times: int | None = None
     probability: float = 1.0
     min_limit: int | None = None
+    min_ids: int | None = None
+    skip: int = 0
 
     def __post_init__(self) -> None:
         """Reject rules that could never do what they say."""
@@ -62,13 +68,16 @@ class FaultRule:
             msg = "times must be at least 1 (or None for every request)"
             raise ValueError(msg)
 
-    def matches(self, path: str, limit: int | None) -> bool:
-        """Whether a request to `path` (with this /btql page `limit`) is a candidate."""
+    def matches(self, path: str, limit: int | None, ids: int | None = None) -> bool:
+        """Whether a request to `path` (a /btql page of `limit` rows, naming `ids` objects)
+        is a candidate."""
         if (
             self.path is not None
             and path != self.path
             and not path.startswith(self.path.rstrip("/") + "/")
         ):
+            return False
+        if self.min_ids is not None and (ids is None or ids < self.min_ids):
             return False
         return self.min_limit is None or (limit is not None and limit > self.min_limit)
 
@@ -82,6 +91,7 @@ class FaultInjector:
         self._random = random.Random(seed)
         self._rules: list[FaultRule] = []
         self._fired: dict[int, int] = {}
+        self._skipped: dict[int, int] = {}
 
     def add(self, rule: FaultRule) -> FaultRule:
         """Activate a rule (after the ones already active)."""
@@ -95,17 +105,21 @@ class FaultInjector:
         with self._lock:
             self._rules.clear()
             self._fired.clear()
+            self._skipped.clear()
 
     def fired(self, rule: FaultRule) -> int:
         """How many requests this rule has faulted so far."""
         with self._lock:
             return self._fired.get(id(rule), 0)
 
-    def pick(self, path: str, limit: int | None) -> FaultRule | None:
+    def pick(self, path: str, limit: int | None, ids: int | None = None) -> FaultRule | None:
         """The rule that faults this request, if any, counting it against its `times`."""
         with self._lock:
             for rule in self._rules:
-                if not rule.matches(path, limit):
+                if not rule.matches(path, limit, ids):
+                    continue
+                if self._skipped.get(id(rule), 0) < rule.skip:
+                    self._skipped[id(rule)] = self._skipped.get(id(rule), 0) + 1
                     continue
                 if rule.times is not None and self._fired[id(rule)] >= rule.times:
                     continue

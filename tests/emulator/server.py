@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from tests.emulator import dialect
 from tests.emulator.btql import (
     Aggregate,
     BTQLError,
@@ -213,6 +214,15 @@ class Request:
             raise ApiError(400, str(self._btql))
         return self._btql
 
+    def btql_ids(self) -> int | None:
+        """How many object ids a /btql request's source names (for `min_ids` faults)."""
+        if self.path != "/btql":
+            return None
+        try:
+            return len(self.btql_query().object_ids)
+        except ApiError:
+            return None
+
     def btql_limit(self) -> int | None:
         """The page size a /btql request asks for (for `min_limit` faults); None if unparsable."""
         if self.path != "/btql":
@@ -356,6 +366,14 @@ class Emulator:
         btql_rate_limit: (requests, window seconds): a /btql request finding that many requests
             let through in the last window seconds (time.monotonic) is answered 429; None: no limit.
         rate_limit_retry_after: whether those 429s carry `Retry-After`.
+        strict: answer 400 to any /btql construct outside the evidenced dialect
+            (`dialect.py`), as Braintrust does to syntax it does not know; False takes all
+            the parser reads.
+        sorted_cursor: False behaves like the 2025 BTQL reference: a query with a `sort`
+            gets no cursor (its pages still cut by `limit` and bytes), and a cursor sent
+            with a sort is a 400.
+        full_summary_previews: False answers 400 to `preview_length: -1` on the summary
+            shape (no client is known to send it there).
     """
 
     def __init__(  # noqa: PLR0913
@@ -374,6 +392,9 @@ class Emulator:
         overflow_url_ttl: float = 300.0,
         btql_rate_limit: tuple[int, float] | None = None,
         rate_limit_retry_after: bool = True,
+        strict: bool = True,
+        sorted_cursor: bool = True,
+        full_summary_previews: bool = True,
     ) -> None:
         """Configure; nothing listens until `start()`.
 
@@ -395,6 +416,9 @@ class Emulator:
         self.overflow_cursor: OverflowCursor = overflow_cursor
         self.object_store = ObjectStore(overflow_url_ttl) if overflow_bytes is not None else None
         self.rate_limit_retry_after = rate_limit_retry_after
+        self.strict = strict
+        self.sorted_cursor = sorted_cursor
+        self.full_summary_previews = full_summary_previews
         self._btql_limiter = None if btql_rate_limit is None else RateLimiter(*btql_rate_limit)
         self.store = Store(clock)
         self.default_org = self.store.add_org(org_name)
@@ -693,7 +717,7 @@ class Emulator:
             raise ApiError(400, "fmt 'parquet' is not supported by the emulator")
         if fmt not in {"json", "jsonl"}:
             raise ApiError(400, f"fmt must be json, jsonl or parquet, got {fmt!r}")
-        query = request.btql_query()
+        query = self._dialect_query(request, body)
         self._check_sources(query, org_ids)
         as_of = None
         if body.get("version") is not None:
@@ -718,6 +742,26 @@ class Emulator:
                 query, page, fmt=fmt, realtime=realtime, cursor_in_body=False
             )
         return self._redirect(store, response, page.cursor)
+
+    def _dialect_query(self, request: Request, body: dict[str, Any]) -> Query:
+        """The parsed query, or a 400 for what this emulator's dialect does not take."""
+        if self.strict:
+            try:
+                dialect.check(body)
+            except dialect.NotEvidenced as exc:
+                raise ApiError(400, str(exc)) from exc
+        query = request.btql_query()
+        if (
+            query.shape == "summary"
+            and query.preview_length == -1
+            and not self.full_summary_previews
+        ):
+            raise ApiError(400, "preview_length must be a positive integer for summary")
+        if query.sort and query.cursor is not None and not self.sorted_cursor:
+            raise ApiError(
+                400, "Cursors can only be used for pagination when no sort clause is specified"
+            )
+        return query
 
     def _redirect(self, store: ObjectStore, response: Response, cursor: str | None) -> Response:
         """Store a big answer in the object store; a 303 to its pre-signed URL instead.
@@ -830,9 +874,10 @@ class Emulator:
         order: Order = tuple((key.path[0], key.descending) for key in query.sort) or DEFAULT_ORDER
         view = self.store.ordered(source, query.object_ids, order, as_of=as_of)
         start = bisect_right(view.keys, _decode_cursor(query.cursor, order)) if query.cursor else 0
-        return self._cursor_page(
+        answer = self._cursor_page(
             view, start, order=order, keep=keep, encode=encode, limit=limit, traces=traces
         )
+        return answer if self.sorted_cursor or not query.sort else _Page(answer.rows, None)
 
     def _cursor_page(  # noqa: PLR0913 - one page's whole state
         self,
@@ -921,7 +966,9 @@ class Emulator:
             page.append(encoded)
             size += len(encoded)
         last = start + len(page) - 1
-        return _Page(page, _encode_cursor(order, keys[last], _SUMMARY_CURSOR) if page else None)
+        if not page or (query.sort and not self.sorted_cursor):
+            return _Page(page, None)
+        return _Page(page, _encode_cursor(order, keys[last], _SUMMARY_CURSOR))
 
     def _matching_traces(
         self, query: Query, as_of: int | None, now: datetime, tz_offset: int
@@ -1279,7 +1326,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=self.rfile.read(length) if length else b"",
         )
         emulator = self.server.emulator
-        fault = emulator.faults.pick(request.path, request.btql_limit())
+        fault = emulator.faults.pick(request.path, request.btql_limit(), request.btql_ids())
         response = self._answer(request, fault)
         # Logged before sending, so a client that sees the answer also sees the log entry.
         emulator.log_request(

@@ -199,7 +199,7 @@ def test_a_cursor_made_for_another_sort_is_400(demo_api: Api, demo_emu: Emulator
 
 
 def test_pages_come_short_under_the_byte_budget_while_rows_remain() -> None:
-    with running_emulator(demo_seed=7, page_byte_budget=60_000) as emu:
+    with running_emulator(strict=False, demo_seed=7, page_byte_budget=60_000) as emu:
         api = Api(emu)
         try:
             pid = project_of(emu)
@@ -232,7 +232,7 @@ def test_pages_come_short_under_the_byte_budget_while_rows_remain() -> None:
 def test_limit_is_capped_at_1000(
     mode: Literal["clamp", "error"], status: int, rows: int | None
 ) -> None:
-    with running_emulator(limit_over_cap=mode) as emu:
+    with running_emulator(strict=False, limit_over_cap=mode) as emu:
         project = emu.store.add_project("bulk")
         generate_logs(emu.store, project["id"], 1010, row_bytes=300)
         api = Api(emu)
@@ -302,7 +302,7 @@ def test_response_envelope(demo_api: Api, demo_emu: Emulator) -> None:
 
 
 def test_freshness_state_can_be_left_out() -> None:
-    with running_emulator(clock=lambda: FIXED_NOW, report_freshness=False) as emu:
+    with running_emulator(strict=False, clock=lambda: FIXED_NOW, report_freshness=False) as emu:
         project = emu.store.add_project("p")
         emu.store.insert_rows("project_logs", project["id"], [{"id": "r1"}])
         api = Api(emu)
