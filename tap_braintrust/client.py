@@ -13,7 +13,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 from singer_sdk import RESTStream
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from singer_sdk import Tap
     from singer_sdk.helpers.types import Context
 
+    from tap_braintrust.queries import PagedQuery
     from tap_braintrust.transport import Answer, Transport
 
 _DECODER = msgspec.json.Decoder()
@@ -94,12 +95,12 @@ def not_braintrust(what: str) -> str:
     return f"{what}; is `api_url` a Braintrust data plane?"
 
 
-def refuse_repeat(cursor: str, seen: set[str], what: str) -> None:
-    """Remember `cursor`; a cursor seen before means the server is looping."""
-    if cursor in seen:
-        msg = f"{what} answered the same cursor twice ({cursor!r}); stopping instead of looping"
+def refuse_repeat(position: str, seen: set[str], what: str) -> None:
+    """Remember where the next page starts; a place seen before means the server is looping."""
+    if position in seen:
+        msg = f"{what} led to the same next page twice ({position!r}); stopping instead of looping"
         raise BraintrustError(msg)
-    seen.add(cursor)
+    seen.add(position)
 
 
 class BraintrustStream(RESTStream[None]):
@@ -300,7 +301,16 @@ class ObjectListingStream(BraintrustStream):
 
 
 READ_FIELDS = frozenset(
-    {"id", "_xact_id", "created", "project_id", "experiment_id", "dataset_id", "root_span_id"}
+    {
+        "id",
+        "_xact_id",
+        "_pagination_key",
+        "created",
+        "project_id",
+        "experiment_id",
+        "dataset_id",
+        "root_span_id",
+    }
 )
 """The row fields the tap itself reads (the object ids route rows to their state), decoded
 even when the others pass through as text."""
@@ -320,17 +330,13 @@ class _RawAnswer(msgspec.Struct):
 
 _RAW_ANSWER = msgspec.json.Decoder(_RawAnswer)
 
-
-class PageQuery(Protocol):
-    """A `/btql` query that can be asked for page by page."""
-
-    def body(self, cursor: str | None, limit: int) -> dict[str, Any]:
-        """The request body for the page after `cursor` (None: the first page)."""
-        ...
-
-    def describe(self) -> str:
-        """The query in words, for logs and error messages."""
-        ...
+_QUERY_KINDS = {
+    "RowsQuery": "reads of rows written since the watermark",
+    "TraceSpansQuery": "reads of whole traces",
+    "SummaryQuery": "reads of trace summaries",
+    "ReportQuery": "reports",
+}
+"""Each kind of query, in words, for the log line saying how it pages."""
 
 
 class Prefetch:
@@ -388,10 +394,10 @@ class BtqlPage:
 class PageSize:
     """Rows asked for per `/btql` page, adapting to what the server can answer.
 
-    Braintrust fails pages of big rows with 500/502/504/413, so a failed page is asked for
+    Braintrust fails pages of big rows with 500/502/504, so a failed page is asked for
     again at half the size (down to one row), and the size doubles back after `GROW_AFTER`
     pages in a row succeed, never above the configured `page_size`. The rows are the same either
-    way: the cursor marks a position, not a page number.
+    way: a page starts from a position (the last row's keys, or the cursor), not a number.
     """
 
     GROW_AFTER = 10
@@ -429,51 +435,67 @@ class BtqlStream(BraintrustStream):
         """The stream's adaptive page size, kept from one query to the next."""
         return PageSize(int(self.config["page_size"]))
 
-    def _log_query(self, query: PageQuery, *, sized: bool = True) -> None:
+    def _log_query(self, query: PagedQuery[Any], *, sized: bool = True) -> None:
         """Say what is read next; `sized`: with the rows asked for per page (not for SQL)."""
         size = f", {self.page_size.current} rows per page" if sized else ""
         self.logger.info("%s: reading %s%s", self.name, query.describe(), size)
 
-    def query_pages(self, query: PageQuery) -> Generator[BtqlPage, None, None]:
-        """Every page of `query`, until a page comes without a cursor.
+    def query_pages(
+        self, query: PagedQuery[Any], after: Any = None
+    ) -> Generator[BtqlPage, None, None]:
+        """Every page of `query` from `after` (None: the start), until one is the last.
 
         Each page's successor is asked for as soon as the page arrives, so Braintrust builds
         and sends it while this page's rows are written: one request out at a time (only a
         page abandoned mid-request, when the reader stops early, may still be finishing).
-        A short page is not the end (pages are cut by size); a cursor seen twice is a loop.
+        A short page is not the end (pages are cut by size); a next page asked for twice is
+        a loop.
         """
-        seen_cursors: set[str] = set()
-        upcoming = Prefetch(partial(self._fetch_page, query, None))
+        self._say_paging(query)
+        seen: set[str] = set()
+        upcoming = Prefetch(partial(self._fetch_page, query, after))
         try:
             with self.get_http_request_counter() as request_counter:
                 while True:
                     page = upcoming.result()
                     request_counter.increment()
-                    if page.cursor is None:
+                    after = query.next_after(after, page)
+                    if after is None:
                         yield page
                         return
                     refuse_repeat(
-                        page.cursor,
-                        seen_cursors,
-                        f"POST {self.url_base}/btql for {query.describe()}",
+                        str(after), seen, f"POST {self.url_base}/btql for {query.describe()}"
                     )
-                    upcoming = Prefetch(partial(self._fetch_page, query, page.cursor))
+                    upcoming = Prefetch(partial(self._fetch_page, query, after))
                     yield page
         finally:
             upcoming.abandon()  # the reader stopped early: the next page is not wanted
 
+    def _say_paging(self, query: PagedQuery[Any]) -> None:
+        """Log, once per run and kind of query, how it pages."""
+        self.transport.say_once(
+            f"{type(query).__name__}: {query.paging}",
+            f"{self.name}: {_QUERY_KINDS.get(type(query).__name__, 'queries')} page by "
+            f"{query.paging}",
+        )
+
     def _fetch_page(
-        self, query: PageQuery, cursor: str | None, abandoned: threading.Event
+        self, query: PagedQuery[Any], after: Any, abandoned: threading.Event
     ) -> BtqlPage:
         page = self.transport.fetch(
-            lambda: self.prepare("POST", "/btql", body=query.body(cursor, self.page_size.current)),
+            lambda: self.prepare("POST", "/btql", body=query.body(after, self.page_size.current)),
             partial(self._decode_page, query),
             subject=f"{query.describe()} (stream {self.name})",
             shrink_page=self.page_size.shrink,
+            group_of=self.group_of(query),
             abandoned=abandoned,
         )
         self.page_size.succeeded()
         return page
+
+    def group_of(self, query: PagedQuery[Any]) -> int:  # noqa: ARG002
+        """How many objects or traces the query names that could be asked for in halves."""
+        return 1
 
     @cached_property
     def passes_json_through(self) -> bool:
@@ -487,7 +509,7 @@ class BtqlStream(BraintrustStream):
             return False
         return all(selected for crumb, selected in self.mask.items() if len(crumb) > _FIELD_DEPTH)
 
-    def _decode_page(self, query: PageQuery, answer: Answer) -> BtqlPage:
+    def _decode_page(self, query: PagedQuery[Any], answer: Answer) -> BtqlPage:
         """A page from the answer's body; the cursor from the body, else from the headers."""
         if self.passes_json_through:
             try:
@@ -515,7 +537,7 @@ class BtqlStream(BraintrustStream):
             raise BraintrustError(self._not_a_page(query))
         return self._page(data, cursor or answer.header_cursor, decoded.get("freshness_state"))
 
-    def _not_a_page(self, query: PageQuery) -> str:
+    def _not_a_page(self, query: PagedQuery[Any]) -> str:
         return not_braintrust(
             f"POST {self.url_base}/btql answered {query.describe()} without a `data` list "
             "of rows (and an optional string `cursor`)"

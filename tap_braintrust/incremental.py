@@ -9,6 +9,7 @@ watermark less a lookback, which picks up new rows, annotated rows and late rows
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 MAX_XACT_ID = 2**64 - 1
@@ -57,6 +58,18 @@ class ReadProgress:
         self._visible_through: int | None = None
         self._every_page_reported = True
         self._horizon: int | None = None
+        self._pagination_key: str | None = None
+
+    @property
+    def position(self) -> tuple[int, str] | None:
+        """The `_xact_id` and `_pagination_key` of the last row, where a resumed read starts."""
+        if self._reading is None or self._pagination_key is None:
+            return None
+        return self._reading, self._pagination_key
+
+    def resumed(self) -> ReadProgress:
+        """A copy, for a part of the read that goes on from here in a query of its own."""
+        return copy.copy(self)
 
     def visible_through(self, last_processed: int | None) -> None:
         """Note a page's `freshness_state.last_processed_xact_id` (None: not reported)."""
@@ -65,33 +78,34 @@ class ReadProgress:
         elif self._visible_through is None or last_processed < self._visible_through:
             self._visible_through = last_processed
 
-    def before_row(self, xact_id: int) -> None:
+    def before_row(self, xact_id: int, pagination_key: str) -> None:
         """Account for the next row, before it is emitted.
 
         Raises:
-            OutOfOrderError: `xact_id` is below the previous row's.
+            OutOfOrderError: the row does not come after the previous one in
+                (`_xact_id`, `_pagination_key`) order.
         """
-        previous = self._reading
-        self._reading = xact_id
+        previous, previous_key = self._reading, self._pagination_key
+        if (
+            previous is not None
+            and previous_key is not None
+            and (xact_id, pagination_key) <= (previous, previous_key)
+        ):
+            msg = f"({xact_id}, {pagination_key}) came after ({previous}, {previous_key})"
+            raise OutOfOrderError(msg)
+        self._reading, self._pagination_key = xact_id, pagination_key
         if previous is None or xact_id == previous:
             return
-        if xact_id < previous:
-            msg = f"_xact_id {xact_id} came after {previous}"
-            raise OutOfOrderError(msg)
         # Every row written up to `previous` has now been emitted.
         self._done = previous
 
-    def finish(self, *, ended_empty: bool) -> None:
-        """Account for the end of the read.
+    def finish(self) -> None:
+        """Account for the end of the read: a page with no rows after the last one read.
 
-        When the read ended on an empty page and every page reported the server's freshness,
-        every write up to it has been read, rows or not, so every watermark moves there: an
-        idle object is then not read again. After any other empty last page they move past
-        the last transaction read. A last page with rows but no cursor leaves unknown
-        whether that transaction was read in full, so they stay below it.
+        When every page reported the server's freshness, every write up to it has been read,
+        rows or not, so every watermark moves there: an idle object is then not read again.
+        Otherwise they move past the last transaction read.
         """
-        if not ended_empty:
-            return
         if self._every_page_reported and self._visible_through is not None:
             self._horizon = self._visible_through
         elif self._reading is not None:

@@ -1,25 +1,32 @@
-"""The BTQL queries the tap sends to `POST /btql`, built as JSON ASTs.
+"""The BTQL queries the tap sends to `POST /btql`, built as JSON ASTs in Braintrust's own dialect.
 
 The AST is what Braintrust's own SDKs send: ids and timestamps travel as JSON literals, so no
 value from config or from the API is ever pasted into query text, and no quoting rule can be
 got wrong. Values are still checked, so a bad one fails here with a clear message rather than
 as a 400 from the server.
+
+Every node is one that Braintrust's own clients send or its docs show (the README's "What the
+tap sends Braintrust" names the evidence for each): `and`/`or` with `children`, comparisons of
+a field with a string literal, `in` with an array literal of at most `MAX_IDS_PER_LIST` ids, the
+user's filter as a `{"btql": ...}` child. No read sorts and follows the server cursor at once:
+sorted reads page by keyset (the last row's keys), and only unsorted reads use the cursor.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from tap_braintrust.incremental import MAX_XACT_ID
+from tap_braintrust.errors import BraintrustError
+from tap_braintrust.incremental import MAX_XACT_ID, parse_xact_id
 from tap_braintrust.timestamps import normalize_timestamp
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 RowSource = Literal["project_logs", "experiment", "dataset"]
 """A BTQL row source: the function in `FROM`, taking one or several object ids."""
-
-TraceShape = Literal["traces", "summary"]
-"""Whole-trace shapes: every span of a matching trace, or one summary row per trace."""
 
 FieldPath = tuple[str, ...]
 """A field path such as ("metadata", "user_id"), returned as a column named by its last part."""
@@ -27,6 +34,14 @@ FieldPath = tuple[str, ...]
 MAX_PAGE_SIZE = 1000
 """The service's cap on `limit`."""
 
+MAX_IDS_PER_LIST = 100
+"""Most ids in one `in` list: what the `bt` CLI sends (`ROOT_FETCH_CHUNK_SIZE`)."""
+
+FULL_PREVIEWS = -1
+"""`preview_length` for whole summary values, as the `bt` CLI asks for dataset rows."""
+
+FALLBACK_PREVIEW_LENGTH = 1_000_000
+"""`preview_length` when a server refuses `FULL_PREVIEWS`: longer values are cut to this."""
 
 OBJECT_ID_FIELD: dict[RowSource, str] = {
     "project_logs": "project_id",
@@ -38,35 +53,53 @@ OBJECT_ID_FIELD: dict[RowSource, str] = {
 _IDS_DESCRIBED = 3
 """Ids named in a query's description before the rest are counted."""
 
+Node = dict[str, Any]
+After = TypeVar("After")
+"""Where a read's next page starts: a position of keyset paging, or the server's cursor."""
 
-def _ident(*path: str) -> dict[str, Any]:
+
+def _ident(*path: str) -> Node:
     return {"op": "ident", "name": list(path)}
 
 
-def _literal(value: str) -> dict[str, Any]:
+def _literal(value: str | list[str]) -> Node:
     return {"op": "literal", "value": value}
 
 
-def _compare(op: str, field: str, value: str) -> dict[str, Any]:
+def _compare(op: str, field: str, value: str) -> Node:
     return {"op": op, "left": _ident(field), "right": _literal(value)}
 
 
-def _and(*nodes: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The conjunction of the nodes given (None ones left out); None when there are none."""
+def _all(*nodes: Node | None) -> Node | None:
+    """The conjunction of the nodes given (None ones left out), as `bt` sends it."""
     present = [node for node in nodes if node is not None]
-    return _balanced("and", present) if present else None
+    if len(present) <= 1:
+        return present[0] if present else None
+    return {"op": "and", "children": present}
 
 
-def _user_filter(text: str | None) -> dict[str, Any] | None:
-    """A filter as the user wrote it, in BTQL text: one operand, so `a OR b` stays whole."""
+def _in(field: str, values: Sequence[str]) -> Node:
+    """`field IN [values]`: one node with an array literal, as `bt` and the SDKs send it."""
+    if not 1 <= len(values) <= MAX_IDS_PER_LIST:
+        msg = f"an id list holds 1 to {MAX_IDS_PER_LIST} ids, got {len(values)}"
+        raise ValueError(msg)
+    return {"op": "in", "left": _ident(field), "right": _literal(list(values))}
+
+
+def _user_filter(text: str | None) -> Node | None:
+    """A filter as the user wrote it, in BTQL text: one child, so `a OR b` stays whole."""
     return None if text is None else {"btql": text}
 
 
-def _select(columns: tuple[FieldPath, ...] | None) -> list[dict[str, Any]]:
+def _select(columns: tuple[FieldPath, ...] | None) -> list[Node]:
     """Star, or each path under its last part's name (Braintrust's implicit alias)."""
     if columns is None:
         return [{"op": "star"}]
     return [{"expr": _ident(*path), "alias": path[-1]} for path in columns]
+
+
+def _sort(*fields: str) -> list[Node]:
+    return [{"expr": _ident(field), "dir": "asc"} for field in fields]
 
 
 def _describe_filter(text: str | None) -> str:
@@ -79,8 +112,8 @@ def _describe_select(columns: tuple[FieldPath, ...] | None) -> str:
     return f"SELECT {', '.join('.'.join(path) for path in columns)} FROM "  # noqa: S608 - words
 
 
-def _source(source: RowSource, object_ids: list[str], shape: str | None = None) -> dict[str, Any]:
-    node: dict[str, Any] = {
+def _source(source: RowSource, object_ids: Sequence[str], shape: str | None = None) -> Node:
+    node: Node = {
         "op": "function",
         "name": _ident(source),
         "args": [_literal(object_id) for object_id in object_ids],
@@ -97,12 +130,23 @@ def _checked_limit(limit: int) -> int:
     return limit
 
 
-def _request(query: dict[str, Any] | str, **options: Any) -> dict[str, Any]:
+def _request(query: Node | str, **options: Any) -> dict[str, Any]:
     # `brainstore_realtime` includes rows not yet compacted, as the SDKs do.
     return {"query": query, "fmt": "json", "brainstore_realtime": True, **options}
 
 
-def _named(ids: list[str]) -> str:
+def _ast(
+    source: Node, columns: tuple[FieldPath, ...] | None, condition: Node | None, limit: int
+) -> Node:
+    """An AST without sort or cursor; a filter only when there is a condition."""
+    query: Node = {"select": _select(columns), "from": source}
+    if condition is not None:
+        query["filter"] = condition
+    query["limit"] = _checked_limit(limit)
+    return query
+
+
+def _named(ids: Sequence[str]) -> str:
     """Object ids for a description: the first few, then how many more."""
     named = ", ".join(json.dumps(i, ensure_ascii=False) for i in ids[:_IDS_DESCRIBED])
     if len(ids) > _IDS_DESCRIBED:
@@ -110,12 +154,105 @@ def _named(ids: list[str]) -> str:
     return named
 
 
-def _balanced(op: str, nodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """`nodes` joined by a binary `op`, as a tree of depth log2(n) rather than n."""
-    if len(nodes) == 1:
-        return nodes[0]
-    middle = len(nodes) // 2
-    return {"op": op, "left": _balanced(op, nodes[:middle]), "right": _balanced(op, nodes[middle:])}
+def _distinct_ids(ids: Sequence[str], what: str) -> None:
+    if not ids or len(set(ids)) != len(ids):
+        msg = f"a query needs distinct {what}, got {list(ids)!r}"
+        raise ValueError(msg)
+
+
+def pagination_key_of(row: Mapping[str, Any]) -> str:
+    """A row's `_pagination_key`, which keyset paging continues from."""
+    key = row.get("_pagination_key")
+    if not isinstance(key, str) or not key:
+        msg = (
+            f"Braintrust sent row {row.get('id')!r} without a `_pagination_key` "
+            f"({key!r}), which paging needs; is `api_url` a Braintrust data plane?"
+        )
+        raise BraintrustError(msg)
+    return key
+
+
+class Page(Protocol):
+    """What a page of an answer tells the next request: its rows and its cursor."""
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The page's rows."""
+        ...
+
+    @property
+    def cursor(self) -> str | None:
+        """The server's cursor, None at the end."""
+        ...
+
+
+class PagedQuery(Protocol[After]):
+    """A `/btql` query read page by page, each page starting where the last one ended."""
+
+    @property
+    def paging(self) -> str:
+        """How it pages, in words, for the log."""
+        ...
+
+    def body(self, after: After | None, limit: int) -> dict[str, Any]:
+        """The request body for the page after `after` (None: the first page)."""
+        ...
+
+    def next_after(self, after: After | None, page: Page) -> After | None:
+        """Where the page after `page` starts; None when `page` is the last."""
+        ...
+
+    def describe(self) -> str:
+        """The query in words, for logs and error messages."""
+        ...
+
+
+class CursorPaged:
+    """Paging by the server's cursor; the end is a page without one."""
+
+    paging = "the server cursor, unsorted"
+
+    def next_after(self, after: str | None, page: Page) -> str | None:  # noqa: ARG002
+        """The page's cursor."""
+        return page.cursor
+
+
+@dataclass(frozen=True, order=True)
+class ChangePosition:
+    """The last row a sorted change read has passed: its `_xact_id` and `_pagination_key`.
+
+    `_pagination_key` is unique per row and survives merges (contract section 4), also
+    across the objects of one multi-id source (braintrust-migrate pages such sources on it
+    alone), so this pair orders every row of a read with no ties.
+    """
+
+    xact_id: int
+    pagination_key: str
+
+    def __str__(self) -> str:
+        """The pair, for logs and the repeat guard."""
+        return f"({self.xact_id}, {self.pagination_key})"
+
+    def rows_after(self) -> Node:
+        """`_xact_id >= X AND (_xact_id > X OR _pagination_key > P)`.
+
+        The same rows as `(_xact_id, _pagination_key) > (X, P)`, with a plain range on
+        `_xact_id` for the server's segment elimination.
+        """
+        xact_id = str(self.xact_id)
+        return {
+            "op": "and",
+            "children": [
+                _compare("ge", "_xact_id", xact_id),
+                {
+                    "op": "or",
+                    "children": [
+                        _compare("gt", "_xact_id", xact_id),
+                        _compare("gt", "_pagination_key", self.pagination_key),
+                    ],
+                },
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -147,22 +284,24 @@ class ObjectBound:
 
     @property
     def start(self) -> tuple[int, str]:
-        """Where the object's read starts; objects that share it share one condition."""
+        """Where the object's read starts; only objects that share it share a query."""
         return self.after_xact_id, self.created_since or ""
 
 
 @dataclass(frozen=True)
 class RowsQuery:
-    """The rows of several objects of one kind, each after its own bound, oldest write first.
+    """The rows of objects of one kind that start alike, oldest write first, paged by keyset.
 
-    Sorting by `_xact_id` ascending is cursor-compatible, and it makes progress a watermark:
-    once a row is read, every row of every object with a smaller `_xact_id` has been read
-    before it. Objects that start from the same place share one condition, so the usual
-    query (every object caught up to the same watermark) filters on `_xact_id` alone.
+    Sorting by `_xact_id` makes progress a watermark: once a row is read, every row of every
+    object with a smaller `_xact_id` has been read before it. `_pagination_key` orders the
+    rows of one transaction, so each page continues after the last row of the one before
+    without the server cursor, which sorted reads cannot count on (the 2025 BTQL reference
+    allows a cursor only without a sort). A filter on the object id column is unproven, so
+    objects from different starts go in different queries.
 
     Attributes:
         source: which kind of object's rows.
-        objects: the objects and where each one's rows start.
+        objects: the objects, all with the same start.
         user_filter: a BTQL expression the rows must also match (a custom stream's), sent
             as written.
         columns: the fields to return (None: all).
@@ -172,61 +311,51 @@ class RowsQuery:
     objects: tuple[ObjectBound, ...]
     user_filter: str | None = None
     columns: tuple[FieldPath, ...] | None = None
+    paging = "keyset on (_xact_id, _pagination_key), sorted, no server cursor"
 
     def __post_init__(self) -> None:
         """Refuse values that cannot make a meaningful query."""
         if self.source not in OBJECT_ID_FIELD:
             msg = f"unknown row source {self.source!r}"
             raise ValueError(msg)
-        ids = [bound.object_id for bound in self.objects]
-        if not ids or len(set(ids)) != len(ids):
-            msg = f"a query needs distinct object ids, got {ids!r}"
+        _distinct_ids([bound.object_id for bound in self.objects], "object ids")
+        if len({bound.start for bound in self.objects}) != 1:
+            msg = "the objects of one query must start from the same place"
             raise ValueError(msg)
 
     @property
-    def id_field(self) -> str:
-        """The row field holding the object id."""
-        return OBJECT_ID_FIELD[self.source]
+    def start(self) -> tuple[int, str]:
+        """Where every object of the query starts."""
+        return self.objects[0].start
 
-    def body(self, cursor: str | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:
-        """The `/btql` request body for the page after `cursor` (None: the first page)."""
-        query: dict[str, Any] = {
-            "select": _select(self.columns),
-            "from": _source(self.source, [bound.object_id for bound in self.objects]),
-            "filter": _and(self._filter(), _user_filter(self.user_filter)),
-            "sort": [{"expr": _ident("_xact_id"), "dir": "asc"}],
-            "limit": _checked_limit(limit),
-            "cursor": cursor,
-        }
+    def body(self, after: ChangePosition | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:
+        """The `/btql` request body for the page after `after` (None: the first page)."""
+        after_xact_id, created_since = self.start
+        condition = _all(
+            # `_xact_id > 0` would filter nothing: a first read goes without it.
+            _compare("gt", "_xact_id", str(after_xact_id)) if after_xact_id else None,
+            _compare("ge", "created", created_since) if created_since else None,
+            None if after is None else after.rows_after(),
+            _user_filter(self.user_filter),
+        )
+        source = _source(self.source, [bound.object_id for bound in self.objects])
+        query = _ast(source, self.columns, condition, limit)
+        query["sort"] = _sort("_xact_id", "_pagination_key")
         return _request(query)
 
-    def _starts(self) -> dict[tuple[int, str], list[str]]:
-        """The objects' ids by where they start, in order."""
-        starts: dict[tuple[int, str], list[str]] = {}
-        for bound in self.objects:
-            starts.setdefault(bound.start, []).append(bound.object_id)
-        return starts
-
-    def _filter(self) -> dict[str, Any]:
-        starts = self._starts()
-        if len(starts) == 1:
-            return _bounds(*next(iter(starts)))
-        # One range every object's rows lie in, so the server can skip older segments,
-        # then each start's own bounds for its objects.
-        lowest = min(after for after, _ in starts)
-        each = [
-            {
-                "op": "and",
-                "left": _balanced("or", [_compare("eq", self.id_field, i) for i in ids]),
-                "right": _bounds(after, since),
-            }
-            for (after, since), ids in starts.items()
-        ]
-        return {
-            "op": "and",
-            "left": _compare("gt", "_xact_id", str(lowest)),
-            "right": _balanced("or", each),
-        }
+    def next_after(self, after: ChangePosition | None, page: Page) -> ChangePosition | None:  # noqa: ARG002
+        """After the page's last row; None after an empty page, the end."""
+        if not page.rows:
+            return None
+        last = page.rows[-1]
+        xact_id = parse_xact_id(last.get("_xact_id"))
+        if xact_id is None:
+            msg = (
+                f"Braintrust sent row {last.get('id')!r} without a valid _xact_id "
+                f"({last.get('_xact_id')!r}), which change tracking needs"
+            )
+            raise BraintrustError(msg)
+        return ChangePosition(xact_id, pagination_key_of(last))
 
     def describe(self) -> str:
         """The query in SQL-like words, for logs and error messages.
@@ -234,91 +363,159 @@ class RowsQuery:
         The page size is left out: it is how the rows are fetched, not which rows, and it
         changes during a read when the server fails big pages.
         """
-        named = _named([bound.object_id for bound in self.objects])
-        starts = self._starts()
-        if len(starts) == 1:
-            where = _describe_bounds(*next(iter(starts)))
-        else:
-            where = " OR ".join(
-                f"({len(ids)} {'object' if len(ids) == 1 else 'objects'}: "
-                f"{_describe_bounds(after, since)})"
-                for (after, since), ids in starts.items()
-            )
+        after_xact_id, created_since = self.start
+        where = [f"_xact_id > {after_xact_id}"] if after_xact_id else []
+        if created_since:
+            where.append(f"created >= {json.dumps(created_since)}")
+        if self.user_filter is not None:
+            where.append(f"({self.user_filter})")
         return (
-            f"{_describe_select(self.columns)}{self.source}({named}) "
-            f"WHERE {where}{_describe_filter(self.user_filter)} ORDER BY _xact_id ASC"
+            f"{_describe_select(self.columns)}{self.source}"
+            f"({_named([bound.object_id for bound in self.objects])})"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''} "
+            "ORDER BY _xact_id, _pagination_key"
         )
 
 
-def _bounds(after_xact_id: int, created_since: str) -> dict[str, Any]:
-    condition = _compare("gt", "_xact_id", str(after_xact_id))
-    if created_since:
-        since = _compare("ge", "created", created_since)
-        condition = {"op": "and", "left": condition, "right": since}
-    return condition
-
-
-def _describe_bounds(after_xact_id: int, created_since: str) -> str:
-    where = f"_xact_id > {after_xact_id}"
-    if created_since:
-        where += f" AND created >= {json.dumps(created_since)}"
-    return where
-
-
 @dataclass(frozen=True)
-class TracesQuery:
-    """Whole traces of several objects: all their spans, or one summary row each.
+class TraceSpansQuery:
+    """Every span of some traces (or of all), paged by keyset on `_pagination_key`.
 
-    Which traces: those with a span matching `user_filter`, among `root_span_ids` (the
-    traces written since the last run) or, with None, all of them. Sorted by
-    `_pagination_key`, the order whole-trace shapes page in with the server cursor.
+    How the `bt` CLI fetches whole traces: the spans shape, the traces' root ids as one `in`
+    list, sorted by `_pagination_key`. With `user_filter`, only the spans matching it:
+    the way to find which traces have such a span.
 
     Attributes:
         source: which kind of object's rows.
         object_ids: the objects read.
-        shape: "traces" or "summary".
+        root_span_ids: the traces (at most `MAX_IDS_PER_LIST`); None: every trace.
         user_filter: a BTQL expression, sent as written.
-        root_span_ids: the traces to read; None: every trace.
         columns: the fields of each row to return (None: all).
     """
 
     source: RowSource
     object_ids: tuple[str, ...]
-    shape: TraceShape
-    user_filter: str | None = None
     root_span_ids: tuple[str, ...] | None = None
+    user_filter: str | None = None
     columns: tuple[FieldPath, ...] | None = None
+    paging = "keyset on _pagination_key, sorted, no server cursor"
 
     def __post_init__(self) -> None:
         """Refuse values that cannot make a meaningful query."""
-        if not self.object_ids or self.root_span_ids == ():
-            msg = "a traces query needs object ids, and root span ids unless it reads all"
-            raise ValueError(msg)
+        _distinct_ids(self.object_ids, "object ids")
+        if self.root_span_ids is not None:
+            _in("root_span_id", self.root_span_ids)  # checks the count
 
-    def body(self, cursor: str | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:
-        """The `/btql` request body for the page after `cursor` (None: the first page)."""
-        if self.root_span_ids is None:
-            # Every trace: still a range, so the server can skip segment lookups.
-            traces = _compare("gt", "_xact_id", "0")
-        else:
-            traces = _balanced(
-                "or", [_compare("eq", "root_span_id", i) for i in self.root_span_ids]
-            )
-        query: dict[str, Any] = {
-            "select": _select(self.columns),
-            "from": _source(self.source, list(self.object_ids), self.shape),
-            "filter": _and(traces, _user_filter(self.user_filter)),
-            "sort": [{"expr": _ident("_pagination_key"), "dir": "asc"}],
-            "limit": _checked_limit(limit),
-            "cursor": cursor,
-        }
-        if self.shape == "summary":
-            # Whole values, not previews cut to 124 characters (what the `bt` CLI asks for).
-            query["preview_length"] = -1
+    def body(self, after: str | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:
+        """The `/btql` request body for the page after the `_pagination_key` `after`."""
+        condition = _all(
+            None if self.root_span_ids is None else _in("root_span_id", self.root_span_ids),
+            None if after is None else _compare("gt", "_pagination_key", after),
+            _user_filter(self.user_filter),
+        )
+        query = _ast(_source(self.source, self.object_ids), self.columns, condition, limit)
+        query["sort"] = _sort("_pagination_key")
         return _request(query)
 
+    def next_after(self, after: str | None, page: Page) -> str | None:  # noqa: ARG002
+        """After the page's last row; None after an empty page, the end."""
+        return pagination_key_of(page.rows[-1]) if page.rows else None
+
     def describe(self) -> str:
-        """The query in SQL-like words, for logs and error messages."""
+        """The query in words, for logs and error messages."""
+        traces = (
+            "every trace"
+            if self.root_span_ids is None
+            else f"{len(self.root_span_ids)} traces written since the last run"
+        )
+        matching = "" if self.user_filter is None else f", spans matching ({self.user_filter})"
+        return (
+            f"{_describe_select(self.columns)}{self.source}({_named(self.object_ids)}): "
+            f"{traces}{matching}"
+        )
+
+
+@dataclass(frozen=True)
+class SummaryQuery:
+    """One summary row per trace that has a span matching `user_filter`.
+
+    Unsorted, so the server cursor is the documented kind (the 2025 BTQL reference allows
+    it only without a sort). With `by_remaining_roots` (and root ids) it needs no cursor:
+    each page asks again for the traces not yet answered, until none are left or an answer
+    is empty.
+
+    Attributes:
+        source: which kind of object's rows.
+        object_ids: the objects read.
+        root_span_ids: the traces (at most `MAX_IDS_PER_LIST`); None: every trace.
+        user_filter: a BTQL expression, sent as written.
+        preview_length: `FULL_PREVIEWS`, or the length values are cut to.
+        by_remaining_roots: page without the cursor (needs `root_span_ids`).
+    """
+
+    source: RowSource
+    object_ids: tuple[str, ...]
+    root_span_ids: tuple[str, ...] | None = None
+    user_filter: str | None = None
+    preview_length: int = FULL_PREVIEWS
+    by_remaining_roots: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot make a meaningful query."""
+        _distinct_ids(self.object_ids, "object ids")
+        if self.root_span_ids is not None:
+            _in("root_span_id", self.root_span_ids)  # checks the count
+        elif self.by_remaining_roots:
+            msg = "paging by remaining roots needs the root ids"
+            raise ValueError(msg)
+
+    @property
+    def paging(self) -> str:
+        """How it pages, in words."""
+        if self.by_remaining_roots:
+            return "the traces not yet answered, unsorted, no server cursor"
+        return CursorPaged.paging
+
+    def body(
+        self, after: str | frozenset[str] | None, limit: int = MAX_PAGE_SIZE
+    ) -> dict[str, Any]:
+        """The body for the page after `after`: a cursor, or the roots already answered."""
+        roots = self.root_span_ids
+        if self.by_remaining_roots and isinstance(after, frozenset):
+            roots = tuple(root for root in roots or () if root not in after)
+        condition = _all(
+            None if roots is None else _in("root_span_id", roots),
+            _user_filter(self.user_filter),
+        )
+        query = _ast(_source(self.source, self.object_ids, "summary"), None, condition, limit)
+        if not self.by_remaining_roots:
+            query["cursor"] = after
+        query["preview_length"] = self.preview_length
+        return _request(query)
+
+    def next_after(
+        self, after: str | frozenset[str] | None, page: Page
+    ) -> str | frozenset[str] | None:
+        """The cursor, or the roots answered so far (None once all are, or on an empty page)."""
+        if not self.by_remaining_roots:
+            return page.cursor
+        if not page.rows:
+            return None
+        answered = set(after) if isinstance(after, frozenset) else set()
+        new = {summary_root(row) for row in page.rows} - answered
+        if not new:
+            msg = (
+                f"Braintrust answered {self.describe()} with summaries of traces it had "
+                "already sent; stopping instead of looping"
+            )
+            raise BraintrustError(msg)
+        answered |= new
+        if answered >= set(self.root_span_ids or ()):
+            return None
+        return frozenset(answered)
+
+    def describe(self) -> str:
+        """The query in words, for logs and error messages."""
         traces = (
             "every trace"
             if self.root_span_ids is None
@@ -327,14 +524,16 @@ class TracesQuery:
         matching = (
             "" if self.user_filter is None else f" that have a span matching ({self.user_filter})"
         )
-        return (
-            f"{_describe_select(self.columns)}{self.source}({_named(list(self.object_ids))}, "
-            f"shape => '{self.shape}'): {traces}{matching}"
-        )
+        return f"{self.source}({_named(self.object_ids)}, shape => 'summary'): {traces}{matching}"
+
+
+def summary_root(row: Mapping[str, Any]) -> str:
+    """The trace a summary row stands for: its `root_span_id`, else its `id` (contract)."""
+    return str(row.get("root_span_id") or row.get("id"))
 
 
 @dataclass(frozen=True)
-class ReportQuery:
+class ReportQuery(CursorPaged):
     """A user's SQL report, paged (when the server gives a cursor) by `OFFSET '<cursor>'`.
 
     Attributes:
@@ -344,10 +543,14 @@ class ReportQuery:
 
     sql: str
     tz_offset: int | None = None
+    paging = "the server cursor as OFFSET, in the report's own order"
 
-    def body(self, cursor: str | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:  # noqa: ARG002 - the SQL sets its own LIMIT
-        """The `/btql` request body for the page after `cursor` (None: the first page)."""
-        text = self.sql if cursor is None else f"{self.sql} OFFSET {sql_string(cursor)}"
+    def body(self, after: str | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:  # noqa: ARG002 - the SQL sets its own LIMIT
+        """The `/btql` request body for the page after the cursor `after`.
+
+        `OFFSET` goes on a line of its own, so a `-- comment` ending the SQL cannot hide it.
+        """
+        text = self.sql if after is None else f"{self.sql}\nOFFSET {sql_string(after)}"
         options = {} if self.tz_offset is None else {"tz_offset": self.tz_offset}
         return _request(text, **options)
 

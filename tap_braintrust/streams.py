@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -21,17 +22,24 @@ from tap_braintrust.incremental import (
     parse_xact_id,
 )
 from tap_braintrust.queries import (
+    FALLBACK_PREVIEW_LENGTH,
+    FULL_PREVIEWS,
+    MAX_IDS_PER_LIST,
     MAX_PAGE_SIZE,
     OBJECT_ID_FIELD,
+    ChangePosition,
     FieldPath,
     ObjectBound,
     ReportQuery,
     RowSource,
     RowsQuery,
-    TraceShape,
-    TracesQuery,
+    SummaryQuery,
+    TraceSpansQuery,
+    pagination_key_of,
+    summary_root,
 )
 from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
+from tap_braintrust.transport import GroupTooBigError, QueryRefusedError
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -39,12 +47,13 @@ else:
     from typing_extensions import override
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from singer_sdk import Tap
     from singer_sdk.helpers.types import Context, Record
 
     from tap_braintrust.custom import CustomStreamSpec
+    from tap_braintrust.queries import PagedQuery
     from tap_braintrust.transport import Transport
 
 
@@ -176,6 +185,12 @@ class _ObjectRead:
     state: dict[str, Any]
 
 
+PAGING_KEY: FieldPath = ("_pagination_key",)
+"""The row field keyset paging goes on from, read even when not selected."""
+_Finished = tuple[list[_ObjectRead], ReadProgress]
+"""A part of a read that ended: its objects, and how far it got."""
+
+
 class EventStream(BtqlStream):
     """The rows of every listed object of one kind, incremental on `created`.
 
@@ -255,55 +270,115 @@ class EventStream(BtqlStream):
         ]
         reads.sort(key=lambda read: (read.bound.start, read.bound.object_id))
         self._reads = {read.bound.object_id: read for read in reads}
-        size = int(self.config["objects_per_query"])
-        for first in range(0, len(reads), size):
-            yield from self._read(reads[first : first + size])
+        self._group_size = int(self.config["objects_per_query"])
+        # Objects from different starts go in different queries: a filter on the object id
+        # column, which one query would need, is not a form Braintrust is known to take.
+        for _, alike in itertools.groupby(reads, key=lambda read: read.bound.start):
+            same_start = list(alike)
+            while same_start:
+                group, same_start = same_start[: self._group_size], same_start[self._group_size :]
+                yield from self._read(group)
 
     def _query(self, group: list[_ObjectRead]) -> RowsQuery:
         return RowsQuery(
-            self.source, tuple(read.bound for read in group), self.row_filter, self.columns
+            self.source, tuple(read.bound for read in group), self.row_filter, self._read_columns
         )
+
+    @cached_property
+    def _read_columns(self) -> tuple[FieldPath, ...] | None:
+        """The columns, and `_pagination_key`, which paging needs (left out of records)."""
+        if self.columns is None or PAGING_KEY in self.columns:
+            return self.columns
+        return (*self.columns, PAGING_KEY)
+
+    @override
+    def group_of(self, query: PagedQuery[Any]) -> int:
+        if isinstance(query, RowsQuery):
+            return len(query.objects)
+        if isinstance(query, (TraceSpansQuery, SummaryQuery)) and query.root_span_ids:
+            return len(query.root_span_ids)
+        return 1
 
     def _read(self, group: list[_ObjectRead]) -> Iterable[dict[str, Any]]:
         """Every row of the group's query, each object's watermark moving with the read."""
-        progress = ReadProgress()
-        for read, row in self._changes(self._query(group), group, progress):
+        finished: list[_Finished] = []
+        for read, row, progress in self._changes(self._query, group, finished):
             read.state[WATERMARK_KEY] = str(progress.watermark(read.watermark))
             yield row
-        self._settle(group, progress)
+        for part, progress in finished:
+            self._settle(part, progress)
 
     def _changes(
-        self, query: RowsQuery, group: list[_ObjectRead], progress: ReadProgress
-    ) -> Iterator[tuple[_ObjectRead, dict[str, Any]]]:
-        """Each row of a query in `_xact_id` order, with the read of the object it belongs to.
+        self,
+        query_for: Callable[[list[_ObjectRead]], RowsQuery],
+        group: list[_ObjectRead],
+        finished: list[_Finished],
+        progress: ReadProgress | None = None,
+    ) -> Iterator[tuple[_ObjectRead, dict[str, Any], ReadProgress]]:
+        """Each row of the group's changes in `_xact_id` order, with its object's read.
 
-        `progress` follows the read; it is finished once the last row has been taken.
+        Each row comes with the progress of the query it came from. A query Braintrust finds
+        too wide goes on as two queries of half the objects each, from the row it got to
+        (`progress`); every part whose read ended goes into `finished` with its progress.
         """
+        progress = progress or ReadProgress()
+        query = query_for(group)
         self._log_query(query)
         in_query = {read.bound.object_id: read for read in group}
-        ended_empty = False
-        for page in self.query_pages(query):
-            ended_empty = not page.rows
-            progress.visible_through(page.last_processed_xact_id)
-            for row in page.rows:
-                read = self._routed(row, in_query)
-                xact_id = parse_xact_id(row.get("_xact_id"))
-                if xact_id is None:
-                    msg = (
-                        f"{self.name}: Braintrust sent row {row.get('id')!r} without a valid "
-                        f"_xact_id ({row.get('_xact_id')!r}), which change tracking needs"
-                    )
-                    raise BraintrustError(msg)
-                try:
-                    progress.before_row(xact_id)
-                except OutOfOrderError as exc:
-                    msg = (
-                        f"{self.name}: Braintrust returned rows out of _xact_id order ({exc}) "
-                        f"for {query.describe()}; stopping, as changes could be missed"
-                    )
-                    raise BraintrustError(msg) from exc
-                yield read, row
-        progress.finish(ended_empty=ended_empty)
+        position = progress.position
+        after = None if position is None else ChangePosition(*position)
+        try:
+            for page in self.query_pages(query, after):
+                progress.visible_through(page.last_processed_xact_id)
+                for row in page.rows:
+                    read = self._routed(row, in_query)
+                    self._advance(progress, row, query)
+                    yield read, row, progress
+        except GroupTooBigError as exc:
+            yield from self._in_halves(query_for, group, finished, progress, str(exc))
+            return
+        progress.finish()
+        finished.append((group, progress))
+
+    def _in_halves(
+        self,
+        query_for: Callable[[list[_ObjectRead]], RowsQuery],
+        group: list[_ObjectRead],
+        finished: list[_Finished],
+        progress: ReadProgress,
+        reason: str,
+    ) -> Iterator[tuple[_ObjectRead, dict[str, Any], ReadProgress]]:
+        """The rest of a read too wide for Braintrust, as two reads of half the objects."""
+        half = (len(group) + 1) // 2
+        self._group_size = min(self._group_size, half)
+        self.logger.warning(
+            "%s: %s; reading the rest of its %d objects in two queries, and at most %d "
+            "per query for the rest of this run",
+            self.name,
+            reason,
+            len(group),
+            half,
+        )
+        for part in (group[:half], group[half:]):
+            yield from self._changes(query_for, part, finished, progress.resumed())
+
+    def _advance(self, progress: ReadProgress, row: Mapping[str, Any], query: RowsQuery) -> None:
+        """Account for a row in its read's progress; refuse one that breaks the order."""
+        xact_id = parse_xact_id(row.get("_xact_id"))
+        if xact_id is None:
+            msg = (
+                f"{self.name}: Braintrust sent row {row.get('id')!r} without a valid "
+                f"_xact_id ({row.get('_xact_id')!r}), which change tracking needs"
+            )
+            raise BraintrustError(msg)
+        try:
+            progress.before_row(xact_id, pagination_key_of(row))
+        except OutOfOrderError as exc:
+            msg = (
+                f"{self.name}: Braintrust returned rows out of (_xact_id, _pagination_key) "
+                f"order ({exc}) for {query.describe()}; stopping, as changes could be missed"
+            )
+            raise BraintrustError(msg) from exc
 
     def _routed(self, row: Mapping[str, Any], in_query: Mapping[str, _ObjectRead]) -> _ObjectRead:
         """The read of the object a row belongs to, which its query must have asked for."""
@@ -402,6 +477,8 @@ class EventStream(BtqlStream):
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
+        if self._read_columns != self.columns:
+            del row[PAGING_KEY[0]]
         created = row["created"] = row.get("created")
         problem = None if created is None else f"{created!r} is not an ISO-8601 string"
         if isinstance(created, str):
@@ -460,8 +537,10 @@ class CustomRowStream(EventStream):
         self.primary_keys = spec.primary_keys
 
 
-ROOTS_PER_QUERY = 250
-"""Traces named in one query: about 25 KB of request body."""
+RootPair = tuple[str, str]
+"""(object id, root span id): one trace."""
+_SUMMARY_PREVIEWS = ("input", "output", "expected", "error", "metadata")
+"""The summary fields Braintrust sends as previews cut to `preview_length`."""
 
 
 class TraceStream(CustomRowStream):
@@ -469,16 +548,22 @@ class TraceStream(CustomRowStream):
 
     A trace with any span written since the last run is read again whole. Which traces
     those are comes from a narrow read of the changed spans (root ids only) in `_xact_id`
-    order, which moves the watermarks as for spans; the traces are then read by root id,
-    the user's filter deciding which of them the stream holds.
+    order, which moves the watermarks as for spans. Whole traces are then read as the `bt`
+    CLI reads them: spans by root id, at most `MAX_IDS_PER_LIST` traces a query; with a
+    filter, first the traces that have a span matching it (what the `traces` shape means),
+    then those traces whole. Summaries come from the `summary` shape, filtered by root id
+    and the user's filter.
     """
 
     def __init__(
         self, tap: Tap, transport: Transport, objects: ObjectListingStream, spec: RowStreamSpec
     ) -> None:
         """The traces of `spec`, of the objects `objects` lists."""
-        self.shape: TraceShape = "summary" if spec.shape == "summary" else "traces"
+        self.summaries = spec.shape == "summary"
         super().__init__(tap, transport, objects, spec)
+        self._roots_per_query = MAX_IDS_PER_LIST
+        self._preview_length = FULL_PREVIEWS
+        self._maybe_cut = 0
 
     @override
     def _read(self, group: list[_ObjectRead]) -> Iterable[dict[str, Any]]:
@@ -487,56 +572,179 @@ class TraceStream(CustomRowStream):
         # from it rather than from the bookmark.
         for read in group:
             read.state.setdefault(WATERMARK_KEY, str(read.watermark))
-        progress = ReadProgress()
-        changed = RowsQuery(
-            self.source,
-            tuple(read.bound for read in group),
-            columns=((self.parent_key,), ("id",), ("_xact_id",), ("root_span_id",)),
-        )
-        roots: dict[str, dict[str, None]] = {}  # ordered sets, per object
-        for read, row in self._changes(changed, group, progress):
-            root = row.get("root_span_id") or row.get("id")
-            roots.setdefault(read.bound.object_id, {})[str(root)] = None
+        finished: list[_Finished] = []
+        changed: dict[RootPair, None] = {}  # an ordered set
+        for read, row, _ in self._changes(self._discovery, group, finished):
+            changed[read.bound.object_id, _root_of(row)] = None
         in_query = {read.bound.object_id: read for read in group}
         every_trace = all(read.bound.start == (0, "") for read in group)
-        for query in self._trace_queries(roots, every_trace=every_trace):
-            self._log_query(query)
-            for page in self.query_pages(query):
-                for row in page.rows:
-                    self._routed(row, in_query)
-                    yield row
-        self._settle(group, progress)
+        for row in self._traces(tuple(in_query), list(changed), every_trace=every_trace):
+            self._routed(row, in_query)
+            yield row
+        for part, progress in finished:
+            self._settle(part, progress)
+        if self._maybe_cut:
+            self.logger.warning(
+                "%s: %d summary values are %d characters long, so may have been cut there",
+                self.name,
+                self._maybe_cut,
+                FALLBACK_PREVIEW_LENGTH,
+            )
+            self._maybe_cut = 0
 
-    def _trace_queries(
-        self, roots: dict[str, dict[str, None]], *, every_trace: bool
-    ) -> Iterator[TracesQuery]:
-        """Queries for the changed traces: all of the objects' when everything is new."""
-        if not roots:
-            return
-        if every_trace:
-            yield self._traces(tuple(roots), None)
-            return
-        pairs = [(object_id, root) for object_id, ids in roots.items() for root in ids]
-        for first in range(0, len(pairs), ROOTS_PER_QUERY):
-            chunk = pairs[first : first + ROOTS_PER_QUERY]
-            object_ids = tuple(dict.fromkeys(object_id for object_id, _ in chunk))
-            yield self._traces(object_ids, tuple(root for _, root in chunk))
-
-    def _traces(self, object_ids: tuple[str, ...], roots: tuple[str, ...] | None) -> TracesQuery:
-        return TracesQuery(
+    def _discovery(self, group: list[_ObjectRead]) -> RowsQuery:
+        columns = (self.parent_key, "id", "_xact_id", "_pagination_key", "root_span_id")
+        return RowsQuery(
             self.source,
-            object_ids,
-            self.shape,
-            self.row_filter,
-            roots,
-            self.columns,
+            tuple(read.bound for read in group),
+            columns=tuple((column,) for column in columns),
         )
+
+    def _traces(
+        self, object_ids: tuple[str, ...], changed: list[RootPair], *, every_trace: bool
+    ) -> Iterator[dict[str, Any]]:
+        """The rows of the changed traces: all of the objects' when everything is new."""
+        if not changed:
+            return
+        if self.summaries:
+            if every_trace and not self.config.get("keyset_paging"):
+                yield from self._summaries(object_ids, None)
+            else:
+                yield from self._by_roots(changed, self._summaries)
+            return
+        if self.row_filter is not None:
+            changed = list(self._matching(object_ids, changed, every_trace=every_trace))
+        elif every_trace:
+            yield from self._spans(
+                TraceSpansQuery(self.source, object_ids, columns=self._read_columns)
+            )
+            return
+        yield from self._by_roots(changed, self._whole_traces)
+
+    def _matching(
+        self, object_ids: tuple[str, ...], changed: list[RootPair], *, every_trace: bool
+    ) -> Iterator[RootPair]:
+        """The changed traces with a span matching the user's filter, each once."""
+        columns = ((self.parent_key,), ("root_span_id",), ("id",), ("_pagination_key",))
+
+        def matching(objects: tuple[str, ...], roots: tuple[str, ...] | None, after: Any) -> Any:
+            query = TraceSpansQuery(self.source, objects, roots, self.row_filter, columns)
+            return self._spans(query, after)
+
+        rows = (
+            matching(object_ids, None, None) if every_trace else self._by_roots(changed, matching)
+        )
+        yield from dict.fromkeys((str(row.get(self.parent_key)), _root_of(row)) for row in rows)
+
+    def _whole_traces(
+        self, objects: tuple[str, ...], roots: tuple[str, ...] | None, after: Any
+    ) -> Iterator[dict[str, Any]]:
+        return self._spans(
+            TraceSpansQuery(self.source, objects, roots, None, self._read_columns), after
+        )
+
+    def _spans(self, query: TraceSpansQuery, after: Any = None) -> Iterator[dict[str, Any]]:
+        self._log_query(query)
+        for page in self.query_pages(query, after):
+            yield from page.rows
+
+    def _summaries(
+        self, objects: tuple[str, ...], roots: tuple[str, ...] | None, after: Any = None
+    ) -> Iterator[dict[str, Any]]:
+        """Summary rows, asking for cut previews if Braintrust refuses whole ones."""
+        while True:
+            query = SummaryQuery(
+                self.source,
+                objects,
+                roots,
+                self.row_filter,
+                self._preview_length,
+                by_remaining_roots=bool(self.config.get("keyset_paging")) and roots is not None,
+            )
+            self._log_query(query)
+            first = True
+            try:
+                for page in self.query_pages(query, after):
+                    first = False
+                    yield from page.rows
+            except QueryRefusedError as exc:
+                if not first or self._preview_length != FULL_PREVIEWS:
+                    raise
+                self._preview_length = FALLBACK_PREVIEW_LENGTH
+                self.logger.warning(
+                    "%s: Braintrust refused whole summary values (preview_length %d: %s); "
+                    "asking for values cut at %d characters, and counting those that may be",
+                    self.name,
+                    FULL_PREVIEWS,
+                    exc,
+                    FALLBACK_PREVIEW_LENGTH,
+                )
+                continue
+            return
+
+    def _by_roots(
+        self,
+        changed: list[RootPair],
+        read: Callable[[tuple[str, ...], tuple[str, ...], Any], Iterator[dict[str, Any]]],
+    ) -> Iterator[dict[str, Any]]:
+        """`read` of the traces, a query per `_roots_per_query` of them.
+
+        A query Braintrust finds too big goes on as two of half the traces each, from where
+        it got: spans after the last one read, summaries of the traces not yet answered.
+        """
+        pending = list(changed)
+        while pending:
+            chunk, pending = pending[: self._roots_per_query], pending[self._roots_per_query :]
+            yield from self._chunk(chunk, read, None)
+
+    def _chunk(
+        self,
+        chunk: list[RootPair],
+        read: Callable[[tuple[str, ...], tuple[str, ...], Any], Iterator[dict[str, Any]]],
+        after: str | None,
+    ) -> Iterator[dict[str, Any]]:
+        objects = tuple(dict.fromkeys(object_id for object_id, _ in chunk))
+        roots = tuple(dict.fromkeys(root for _, root in chunk))
+        answered: set[str] = set()
+        try:
+            for row in read(objects, roots, after):
+                if self.summaries:
+                    answered.add(summary_root(row))
+                else:
+                    after = pagination_key_of(row)
+                yield row
+        except GroupTooBigError as exc:
+            half = (len(chunk) + 1) // 2
+            self._roots_per_query = min(self._roots_per_query, half)
+            self.logger.warning(
+                "%s: %s; reading the rest of its %d traces in two queries, and at most %d "
+                "per query for the rest of this run",
+                self.name,
+                exc,
+                len(chunk),
+                half,
+            )
+            for part in (chunk[:half], chunk[half:]):
+                rest = [pair for pair in part if pair[1] not in answered]
+                if rest:
+                    yield from self._chunk(rest, read, after)
 
     @override
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
-        if self.shape == "summary" and not row.get("root_span_id"):
-            row["root_span_id"] = row.get("id")  # the contract's fallback
+        if self.summaries:
+            if not row.get("root_span_id"):
+                row["root_span_id"] = row.get("id")  # the contract's fallback
+            if self._preview_length != FULL_PREVIEWS:
+                self._maybe_cut += sum(
+                    isinstance(row.get(name), str) and len(row[name]) >= self._preview_length
+                    for name in _SUMMARY_PREVIEWS
+                )
         return super().post_process(row, context)
+
+
+def _root_of(row: Mapping[str, Any]) -> str:
+    """The trace a span belongs to: its `root_span_id`, else its own id (a root)."""
+    return str(row.get("root_span_id") or row.get("id"))
 
 
 class ReportStream(BtqlStream):

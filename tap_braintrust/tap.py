@@ -44,7 +44,7 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
-DEFAULT_OBJECTS_PER_QUERY = 250
+DEFAULT_OBJECTS_PER_QUERY = 100
 """Measured on a wide org (README, Performance): see `objects_per_query`."""
 
 PREFETCH_SWITCH_INTERVAL = 0.0005
@@ -149,9 +149,22 @@ class TapBraintrust(Tap):
             default=DEFAULT_OBJECTS_PER_QUERY,
             title="Objects per query",
             description=(
-                "Most projects, experiments or datasets whose rows one `/btql` query reads, "
-                "each from its own watermark. Fewer objects per query cost more requests; "
-                "more make each query (and its request body) bigger."
+                "Most projects, experiments or datasets whose rows one `/btql` query reads "
+                "(objects at different watermarks go in different queries). Fewer cost more "
+                "requests; more make each query bigger. Halved for the rest of a run when "
+                "Braintrust refuses or keeps failing a query that wide."
+            ),
+        ),
+        th.Property(
+            "keyset_paging",
+            th.BooleanType,
+            default=False,
+            title="Keyset paging",
+            description=(
+                "Never follow Braintrust's cursor in row reads: trace summaries then page by "
+                "the traces not yet answered (rows and whole traces always page by keyset, "
+                "after the last row's keys). For a self-hosted data plane whose cursor "
+                "misbehaves. Reports still follow the cursor when one comes."
             ),
         ),
         th.Property(

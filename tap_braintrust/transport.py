@@ -63,13 +63,11 @@ _RETRIABLE_STATUSES = frozenset(
 )
 # Answers Braintrust gives to a /btql page too big to build in time or to send.
 PAGE_TOO_BIG_STATUSES = frozenset(
-    {
-        HTTPStatus.INTERNAL_SERVER_ERROR,
-        HTTPStatus.BAD_GATEWAY,
-        HTTPStatus.GATEWAY_TIMEOUT,
-        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-    }
+    {HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.BAD_GATEWAY, HTTPStatus.GATEWAY_TIMEOUT}
 )
+GROUP_TRIES = 3
+"""Tries of a page that names several objects or traces before the query is split in two:
+a query too wide for the server's time budget fails the same way at every page size."""
 OVERFLOW_PATH = "/btql"
 """The one endpoint whose `303 See Other` is followed: Braintrust's large-result redirect."""
 # Where the object store may keep a redirected page's cursor (the Ruby SDK reads the dash form).
@@ -118,6 +116,18 @@ class Answer:
 
     body: bytes
     header_cursor: str | None
+
+
+class GroupTooBigError(Exception):
+    """A query named more objects or traces than Braintrust would take: ask for halves.
+
+    Raised on a 413 (the request body is what is too large), and after `GROUP_TRIES` failed
+    tries (5xx or no answer) of a query naming several.
+    """
+
+
+class QueryRefusedError(BraintrustError):
+    """Braintrust answered 400: it does not take the query as written."""
 
 
 class PageShrinker(Protocol):
@@ -299,18 +309,26 @@ class Transport:
         self.logger = logger
         self._api_key = config.get("api_key")
         self._https_only_redirects = urlsplit(str(config.get("api_url", ""))).scheme == "https"
+        self._said: set[str] = set()
+
+    def say_once(self, key: str, message: str) -> None:
+        """Log `message` at INFO the first time `key` comes up in the run."""
+        if key not in self._said:
+            self._said.add(key)
+            self.logger.info("%s", message)
 
     def redact(self, text: str) -> str:
         """Remove the API key from text that leaves the tap (a server may echo it)."""
         return redact(text, self._api_key)
 
-    def fetch(
+    def fetch(  # noqa: PLR0913 - each says what the request may do on failure
         self,
         prepare: Callable[[], requests.PreparedRequest],
         decode: Callable[[Answer], T],
         *,
         subject: str | None = None,
         shrink_page: PageShrinker | None = None,
+        group_of: int = 1,
         abandoned: threading.Event | None = None,
     ) -> T:
         """Send a request, retrying transient failures, and return its decoded answer.
@@ -321,6 +339,8 @@ class Transport:
             subject: what is asked for (the query), named in logs and errors.
             shrink_page: halves the page size after a page-too-big failure and returns the
                 new size; None when it cannot shrink further.
+            group_of: how many objects or traces the request names that could be asked
+                for in halves (GroupTooBigError); 1: it cannot be split.
             abandoned: set when nobody waits for the answer any more, which ends the
                 retrying (raising RequestAbandonedError).
         """
@@ -346,16 +366,18 @@ class Transport:
                 reason = f"{describe(failed, subject)} got no usable answer ({type(exc).__name__})"
                 response = None
             status = response.status_code if response is not None else None
-            smaller = shrink_page() if shrink_page and status in PAGE_TOO_BIG_STATUSES else None
-            if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE and smaller is None:
-                msg = reason
-                if shrink_page is not None:
-                    msg += (
-                        ". Braintrust refuses to send even one row at a time; narrow the sync "
-                        "(`project_ids`, `project_names`, `start_date`, or deselect the stream) "
-                        "and report the row to Braintrust"
-                    )
+            if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+                if group_of > 1:
+                    raise GroupTooBigError(reason)
+                msg = (
+                    f"{reason}. Braintrust refuses the request itself; narrow the sync "
+                    "(`project_ids`, `project_names`, a shorter `filter`) and report it to "
+                    "Braintrust"
+                )
                 raise BraintrustError(msg)
+            smaller = shrink_page() if shrink_page and status in PAGE_TOO_BIG_STATUSES else None
+            if group_of > 1 and tries >= GROUP_TRIES and (status is None or status >= 500):  # noqa: PLR2004
+                raise GroupTooBigError(reason)
             if tries == max_tries:
                 break
             wait = self.retry_policy.wait(tries, response)
@@ -469,6 +491,8 @@ class Transport:
         message = self._error_message(response, subject)
         if status in _RETRIABLE_STATUSES:
             raise RetriableError(message, response)
+        if status == HTTPStatus.BAD_REQUEST:
+            raise QueryRefusedError(message)
         raise BraintrustError(message)
 
     def _error_message(self, response: requests.Response, subject: str | None) -> str:

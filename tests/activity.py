@@ -7,6 +7,7 @@ hand-driven clock makes them realistic and repeatable.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -159,6 +160,11 @@ def window_keys(
     return window
 
 
+def starts_a_read(query: dict[str, Any]) -> bool:
+    """Whether a `/btql` AST asks for a read's first page (later ones go on after a row)."""
+    return "_pagination_key" not in json.dumps(query.get("filter"))
+
+
 def xact_floors(query: dict[str, Any]) -> dict[str, int]:
     """Per object a `/btql` query reads, the `_xact_id` after which it reads its rows.
 
@@ -179,8 +185,8 @@ def xact_floors(query: dict[str, Any]) -> dict[str, int]:
     for object_id in parsed.object_ids:
         low, high = 0, 2**64 - 1  # the first _xact_id read lies in (low, high]
         assert reads(object_id, high), (object_id, query)
-        if reads(object_id, low):
-            floors[object_id] = -1
+        if reads(object_id, low):  # no range: every row (real _xact_ids are above 0)
+            floors[object_id] = 0
             continue
         while high - low > 1:
             middle = (low + high) // 2

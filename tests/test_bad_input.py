@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -261,7 +260,7 @@ NO_RETRY_WAIT = {"max_backoff_seconds": 0}
         ),
         (
             FaultRule("status", path="/btql", status=504),
-            {"page_size": 8, "max_tries": 6},
+            {"page_size": 8, "max_tries": 6, "objects_per_query": 1},
             (
                 "failed with 504 Gateway Timeout. Braintrust said: Injected fault: HTTP 504. "
                 "Gave up after 6 tries"
@@ -313,17 +312,6 @@ def test_a_server_that_keeps_failing_stops_the_run_clearly(
     assert emulator.faults.fired(rule) == settings["max_tries"]
 
 
-def test_a_413_gives_up_only_at_one_row(emulator: Emulator, run_tap: Callable[..., TapRun]) -> None:
-    emulator.faults.add(FaultRule("status", path="/btql", status=413))
-    run = run_tap(tap_config(emulator, page_size=8, **NO_RETRY_WAIT))
-    # The emulator's reason phrase is Python's own: "Content Too Large" from 3.13 on.
-    reason = HTTPStatus(413).phrase
-    _clear_failure(run, 1, f"failed with 413 {reason}")
-    assert "refuses to send even one row at a time; narrow the sync" in run.stderr
-    limits = [e.json_body["query"]["limit"] for e in emulator.request_log if e.path == "/btql"]
-    assert limits == [8, 4, 2, 1]
-
-
 def test_a_400_shows_the_servers_message_and_the_query(run_tap: Callable[..., TapRun]) -> None:
     def respond(handler: BaseHTTPRequestHandler) -> None:
         if handler.command == "POST":
@@ -335,9 +323,9 @@ def test_a_400_shows_the_servers_message_and_the_query(run_tap: Callable[..., Ta
 
     with serve(respond) as (url, paths):
         run = run_tap({"api_key": API_KEY, "api_url": url})
-    _clear_failure(run, 1, f'POST {url}/btql for project_logs("p-1") WHERE _xact_id > 0 ')
+    _clear_failure(run, 1, f'POST {url}/btql for project_logs("p-1") ORDER BY _xact_id, ')
     assert (
-        "ORDER BY _xact_id ASC (stream project_logs) failed with 400 Bad Request. "
+        "_pagination_key (stream project_logs) failed with 400 Bad Request. "
         "Braintrust said: Unsupported function: project_logs"
     ) in run.stderr
     assert sum(path == "/btql" for path in paths) == 1  # a 400 is not retried

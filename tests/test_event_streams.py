@@ -65,7 +65,7 @@ def test_short_pages_with_a_cursor_are_followed_to_the_end(
         assert len(project_log_pages) > 10 * len(emu.store.objects("project")), logs
 
 
-def test_every_query_is_bounded_and_sorted_for_the_cursor(
+def test_every_query_is_bounded_and_sorted_for_keyset_paging(
     emulator: Emulator, run_tap: Callable[..., TapRun]
 ) -> None:
     run = run_tap(tap_config(emulator, start_date="2026-01-01"))
@@ -75,7 +75,11 @@ def test_every_query_is_bounded_and_sorted_for_the_cursor(
     for query in queries:
         parsed = parse_query(query)
         assert constrained_fields(parsed.filter) & RANGE_FIELDS, query
-        assert [(key.path, key.descending) for key in parsed.sort] == [(("_xact_id",), False)]
+        assert [(key.path, key.descending) for key in parsed.sort] == [
+            (("_xact_id",), False),
+            (("_pagination_key",), False),
+        ]
+        assert "cursor" not in query
     assert "missingSegmentEliminationSpecs" not in run.stdout + run.stderr
 
 
@@ -160,10 +164,11 @@ def _fake_braintrust(
     return respond
 
 
-def _row(row_id: str, xact_id: str) -> dict[str, Any]:
+def _row(row_id: str, xact_id: str, key: int = 1) -> dict[str, Any]:
     return {
         "id": row_id,
         "_xact_id": xact_id,
+        "_pagination_key": f"p{key:020d}",
         "created": "2026-11-01T00:00:00.000Z",
         "project_id": PROJECT["id"],
     }
@@ -173,14 +178,19 @@ def _row(row_id: str, xact_id: str) -> dict[str, Any]:
     ("pages", "message"),
     [
         pytest.param(
-            lambda n: {"data": [_row(f"r{n}", str(1000 + n))], "cursor": "same"},
-            "answered the same cursor twice",
-            id="repeated-cursor",
+            lambda _n: {"data": [_row("r1", "1000")]},  # the keyset filter ignored
+            "led to the same next page twice",
+            id="repeated-page",
         ),
         pytest.param(
-            lambda n: {"data": [_row(f"r{n}", str(2000 - n))], "cursor": f"c{n}"},
-            "out of _xact_id order",
+            lambda n: {"data": [_row(f"r{n}", str(2000 - n), n)]},
+            "out of (_xact_id, _pagination_key) order",
             id="xact-order",
+        ),
+        pytest.param(
+            lambda _n: {"data": [{**_row("r1", "5"), "_pagination_key": None}]},
+            "row 'r1' without a `_pagination_key` (None), which paging needs",
+            id="no-pagination-key",
         ),
         pytest.param(
             lambda _n: {"data": [_row("r1", "latest")]},
@@ -224,7 +234,7 @@ def test_a_row_without_created_is_emitted_with_a_null_created(
     run_tap: Callable[..., TapRun],
 ) -> None:
     row = {k: v for k, v in _row("r1", "5").items() if k != "created"}
-    with serve(_fake_braintrust(lambda _n: {"data": [row]})) as (api_url, _):
+    with serve(_fake_braintrust(lambda n: {"data": [row] if n == 1 else []})) as (api_url, _):
         run = run_tap({"api_key": API_KEY, "api_url": api_url})
     assert run.returncode == 0, run.stderr
     assert [(r["id"], r["created"]) for r in run.records("project_logs")] == [("r1", None)]

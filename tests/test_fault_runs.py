@@ -211,11 +211,17 @@ def test_big_pages_failing_shrink_the_page_and_every_row_comes_once(
     assert "asking for 31 rows per page" in run.stderr
 
 
-def test_a_413_shrinks_the_page_too(emulator: Emulator, run_tap: Callable[..., TapRun]) -> None:
-    emulator.faults.add(FaultRule("status", path="/btql", status=413, min_limit=300))
+def test_a_413_halves_the_group_not_the_page(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    # Too many ids in one request body: queries of three or more objects are refused.
+    emulator.faults.add(FaultRule("status", path="/btql", status=413, min_ids=3))
     run = run_tap(tap_config(emulator, max_backoff_seconds=0))
     assert run.returncode == 0, run.stderr
     assert "413" in run.stderr
     target = Target()
     target.load(run.messages)
     assert target.differences(truth(emulator)) == []
+    btql = [entry for entry in emulator.request_log if entry.path == "/btql"]
+    assert {entry.json_body["query"]["limit"] for entry in btql} == {1000}
+    assert all(len(e.json_body["query"]["from"]["args"]) <= 2 for e in btql if e.status == 200)

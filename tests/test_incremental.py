@@ -20,6 +20,7 @@ from tests.activity import (
     annotate,
     demo_before_a_run,
     iso,
+    starts_a_read,
     window_keys,
     xact_floors,
 )
@@ -173,7 +174,7 @@ def test_a_new_experiment_starts_from_start_date_while_old_ones_resume(
     for request in emu.request_log:
         if request.path == "/btql":
             query = parse_query(request.json_body["query"])
-            if query.source == "experiment":
+            if query.source == "experiment" and starts_a_read(request.json_body["query"]):
                 after_xact.update(xact_floors(request.json_body["query"]))
     assert after_xact.pop(experiment["id"]) == 0
     assert after_xact

@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import io
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -91,10 +92,11 @@ def test_values_reach_the_output_as_braintrust_sent_them(
 def test_a_field_outside_the_schema_is_left_out_with_one_warning(
     run_tap: Callable[..., TapRun],
 ) -> None:
-    pages = {
-        None: ([{"id": "a", "_xact_id": "11", "new_column": 1}], "c1"),
-        "c1": ([{"id": "b", "_xact_id": "12", "new_column": 2, "other_new": {}}], None),
-    }
+    pages = [
+        [{"id": "a", "_xact_id": "11", "new_column": 1}],
+        [{"id": "b", "_xact_id": "12", "new_column": 2, "other_new": {}}],
+        [],
+    ]
 
     def respond(handler: BaseHTTPRequestHandler) -> None:
         path = urlsplit(handler.path).path
@@ -102,16 +104,24 @@ def test_a_field_outside_the_schema_is_left_out_with_one_warning(
             objects = [] if "starting_after" in handler.path else [{"id": "p", "name": "p"}]
             answer(handler, 200, {"objects": objects})
             return
-        rows, cursor = pages[handler.cursor]  # type: ignore[attr-defined]
-        data = [{**row, "project_id": "p", "created": "2026-01-01T00:00:00Z"} for row in rows]
-        answer(handler, 200, {"data": data, **({"cursor": cursor} if cursor else {})})
+        page = handler.page  # type: ignore[attr-defined]
+        data = [
+            {
+                **row,
+                "project_id": "p",
+                "created": "2026-01-01T00:00:00Z",
+                "_pagination_key": _key(page),
+            }
+            for row in pages[page]
+        ]
+        answer(handler, 200, {"data": data})
 
-    with serve(_remembering_cursor(respond)) as (url, _paths):
+    with serve(_remembering_page(respond)) as (url, _paths):
         run = run_tap({"api_key": API_KEY, "api_url": url}, catalog=logs_catalog(run_tap))
     assert run.returncode == 0, run.stderr
     assert [sorted(r) for r in run.records("project_logs")] == [
-        ["_xact_id", "created", "id", "project_id"],
-        ["_xact_id", "created", "id", "project_id"],
+        ["_pagination_key", "_xact_id", "created", "id", "project_id"],
+        ["_pagination_key", "_xact_id", "created", "id", "project_id"],
     ]
     warnings = [line for line in run.stderr.splitlines() if "schema does not have" in line]
     assert len(warnings) == 2, warnings  # once for new_column, once more for other_new
@@ -119,14 +129,21 @@ def test_a_field_outside_the_schema_is_left_out_with_one_warning(
     assert warnings[1].endswith("left out: new_column, other_new")
 
 
-def _remembering_cursor(
+def _key(page: int) -> str:
+    """The `_pagination_key` of the one row on page `page` of a fake server."""
+    return f"p{page:020d}"
+
+
+def _remembering_page(
     respond: Callable[[BaseHTTPRequestHandler], None],
 ) -> Callable[[BaseHTTPRequestHandler], None]:
-    """`respond`, with the /btql request's cursor read into `handler.cursor` first."""
+    """`respond`, with the page a /btql request asks for in `handler.page` first: 0, or
+    the one after the row whose `_pagination_key` its keyset condition names."""
 
     def wrapped(handler: BaseHTTPRequestHandler) -> None:
         body = handler.body  # type: ignore[attr-defined]  # kept by serve()
-        handler.cursor = json.loads(body)["query"]["cursor"] if body else None  # type: ignore[attr-defined]
+        keys = re.findall(r'"(p[0-9]{20})"', body.decode() if body else "")
+        handler.page = int(keys[0][1:]) + 1 if keys else 0  # type: ignore[attr-defined]
         respond(handler)
 
     return wrapped
@@ -195,23 +212,23 @@ def test_pages_are_fetched_one_at_a_time_and_an_abandoned_one_stops_retrying() -
         time.sleep(0.05)
         with lock:
             in_flight[0] -= 1
-        page = int(handler.cursor or 0)  # type: ignore[attr-defined]
+        page = handler.page  # type: ignore[attr-defined]
         if page >= fails_from[0]:
             answer(handler, 503, {"Message": "busy"})
             return
-        rows = [{"id": f"r{page}", "_xact_id": str(100 + page), "created": "2026-01-01T00:00Z"}]
-        answer(handler, 200, {"data": rows, **({"cursor": str(page + 1)} if page < 5 else {})})
+        row = {"id": f"r{page}", "_xact_id": str(100 + page), "created": "2026-01-01T00:00Z"}
+        answer(handler, 200, {"data": [{**row, "_pagination_key": _key(page)}] if page < 6 else []})
 
-    with serve(_remembering_cursor(respond)) as (url, paths):
+    with serve(_remembering_page(respond)) as (url, paths):
         tap = TapBraintrust(config={"api_key": API_KEY, "api_url": url, "max_backoff_seconds": 0.1})
         stream = tap.streams["project_logs"]
         assert isinstance(stream, ProjectLogsStream)
         query = RowsQuery("project_logs", (ObjectBound("p"),))  # the page loop alone
-        assert [page.rows[0]["id"] for page in stream.query_pages(query)] == [
+        assert [page.rows[0]["id"] for page in stream.query_pages(query) if page.rows] == [
             f"r{n}" for n in range(6)
         ]
         assert most[0] == 1
-        assert len(paths) == 6
+        assert len(paths) == 7  # six pages and the empty one that ends the read
 
         fails_from[0] = 2  # page 2 now fails until the tap gives up on it
         pages = stream.query_pages(query)
@@ -222,7 +239,7 @@ def test_pages_are_fetched_one_at_a_time_and_an_abandoned_one_stops_retrying() -
         asked = len(paths)
         time.sleep(1.0)
         assert len(paths) == asked, "the abandoned page was still being retried"
-        assert asked == 6 + 2 + 1  # pages 0 and 1, and one try of page 2
+        assert asked == 7 + 2 + 1  # pages 0 and 1, and one try of page 2
 
 
 def test_the_writer_escapes_a_lone_surrogate_beside_fields_kept_as_text() -> None:

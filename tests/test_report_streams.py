@@ -126,7 +126,7 @@ def test_a_report_of_rows_is_read_to_the_end_with_the_cursor(
     bodies = btql_requests(emu)
     assert len(bodies) > 2  # short pages, each the next by the server's cursor
     assert bodies[0]["query"] == sql
-    assert all(body["query"].startswith(f"{sql} OFFSET '") for body in bodies[1:])
+    assert all(body["query"].startswith(f"{sql}\nOFFSET '") for body in bodies[1:])
 
 
 def test_a_report_with_a_limit_stops_at_it(

@@ -12,15 +12,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import requests
 
-from tap_braintrust.queries import ObjectBound, RowsQuery
+from tap_braintrust.queries import ChangePosition, ObjectBound, RowsQuery
 from tests.activity import (
     START,
     ManualClock,
     annotate,
     demo_before_a_run,
     resume_floors,
+    starts_a_read,
     window_keys,
     xact_floors,
 )
@@ -44,18 +46,23 @@ def _btql_requests(emu: Emulator) -> list[Any]:
 
 
 def _read_after(emu: Emulator) -> dict[str, int]:
-    """Per object the tap's queries read, the `_xact_id` its rows were read after."""
+    """Per object the tap's queries read, the `_xact_id` its rows were read after.
+
+    From the first page of each read: later pages go on after a row (keyset paging).
+    """
     floors: dict[str, int] = {}
     for request in _btql_requests(emu):
-        floors.update(xact_floors(request.json_body["query"]))
+        if starts_a_read(request.json_body["query"]):
+            floors.update(xact_floors(request.json_body["query"]))
     return floors
 
 
 def _floor_requests(emu: Emulator) -> tuple[int, int]:
     """The fewest `/btql` requests any client needs to read every row, and the rows read.
 
-    One query per row kind naming all its objects, 1000 rows a page, the server cursor to
-    the end: what a client that knows every id up front and never stops early would send.
+    One query per row kind naming all its objects, 1000 rows a page, each after the last
+    row's keys to an empty page: what a client that knows every id up front and never stops
+    early would send.
     """
     before = len(_btql_requests(emu))
     rows = 0
@@ -64,13 +71,13 @@ def _floor_requests(emu: Emulator) -> tuple[int, int]:
         for stream in ROW_STREAMS:
             ids = [o["id"] for o in emu.store.objects(stream.owner)]
             query = RowsQuery(stream.source, tuple(ObjectBound(i) for i in ids))
-            cursor = None
+            after = None
             while True:
-                page = session.post(f"{emu.url}/btql", json=query.body(cursor)).json()
-                rows += len(page["data"])
-                cursor = page.get("cursor")
-                if cursor is None:
+                data = session.post(f"{emu.url}/btql", json=query.body(after)).json()["data"]
+                if not data:
                     break
+                rows += len(data)
+                after = ChangePosition(int(data[-1]["_xact_id"]), data[-1]["_pagination_key"])
     return len(_btql_requests(emu)) - before, rows
 
 
@@ -81,10 +88,14 @@ def _keys(run: TapRun) -> dict[str, set[tuple[str, str]]]:
     }
 
 
+@pytest.mark.parametrize("sorted_cursor", [True, False], ids=["2026-server", "2025-server"])
 def test_a_sync_costs_requests_in_proportion_to_what_changed(
-    run_tap: Callable[..., TapRun],
+    run_tap: Callable[..., TapRun], sorted_cursor: bool
 ) -> None:
-    with running_emulator(api_key=API_KEY, page_byte_budget=PAGE_BUDGET) as emu:
+    # The 2025 server gives no cursor on a sorted query: the counts must not change.
+    with running_emulator(
+        api_key=API_KEY, page_byte_budget=PAGE_BUDGET, sorted_cursor=sorted_cursor
+    ) as emu:
         org = generate_wide_org(emu.store)
         target = Target()
         full = run_tap(tap_config(emu))
@@ -115,17 +126,27 @@ def test_a_sync_costs_requests_in_proportion_to_what_changed(
         target.load(small.messages)
         assert target.differences(truth(emu)) == []
     print(  # noqa: T201 - figures for the README and the closing note
-        f"\nwide org /btql requests: full {full_requests} (floor {floor}), idle {idle_requests}, "
+        f"\nwide org /btql requests ({'2026' if sorted_cursor else '2025'} server): "
+        f"full {full_requests} (floor {floor}), idle {idle_requests}, "
         f"small change {small_requests} ({sum(map(len, received.values()))} rows)"
     )
 
 
-def test_a_state_from_the_previous_release_resumes_without_rereading_anything(
-    run_tap: Callable[..., TapRun],
+@pytest.mark.parametrize(
+    "written_by",
+    [
+        # One query per object, parent/child streams.
+        "3875c35",
+        # Objects in groups, sorted reads paged by the server cursor (before keyset paging).
+        "861efbf",
+    ],
+)
+def test_a_state_from_an_earlier_release_resumes_without_rereading_anything(
+    run_tap: Callable[..., TapRun], written_by: str
 ) -> None:
-    # Written by tap-braintrust at 3875c35 (one query per object, parent/child streams) after
-    # a full sync of this very emulator: `demo_before_a_run(ManualClock(START))`.
-    state = json.loads((DATA / "state-3875c35.json").read_text())
+    # Written by tap-braintrust at that commit after a full sync of this very emulator:
+    # `demo_before_a_run(ManualClock(START))`.
+    state = json.loads((DATA / f"state-{written_by}.json").read_text())
     clock = ManualClock(START)
     with demo_before_a_run(clock) as emu:
         in_window = window_keys(emu, state, 60)
@@ -145,7 +166,9 @@ def test_a_state_from_the_previous_release_resumes_without_rereading_anything(
         resumed = resume_floors(state, 60)
         assert {key: floors[key] for key in resumed} == resumed
         assert sorted(floors[key] for key in floors.keys() - resumed.keys()) == [0, 0]
-        assert len(_btql_requests(emu)) <= 6
+        # Per kind one read of the objects that resume, and for experiments and datasets one
+        # of the two new since (no query mixes two starts), each a page and the empty end.
+        assert len(_btql_requests(emu)) <= (3 + 2) * 2
         # The new state keeps one partition per object, under the same context keys.
         for stream in ROW_STREAMS:
             before = [p["context"] for p in state["bookmarks"][stream.name]["partitions"]]
