@@ -129,30 +129,31 @@ class BulkEmulator(EmulatorProcess):
 
 
 def rows_query(
-    object_ids: str | Sequence[str], cursor: str | None, source: str = "project_logs"
+    object_ids: str | Sequence[str],
+    cursor: str | None,
+    source: str = "project_logs",
+    *,
+    sorted_by_xact_id: bool = False,
 ) -> dict[str, Any]:
-    """The `/btql` body for a full read of one or more objects: every row, oldest write first."""
+    """The `/btql` body for a full read of one or more objects, paged by the server cursor.
+
+    Unsorted (newest first), the form recorded traffic shows; or oldest write first, the
+    sorted cursor only the 2026 reference documents (a lenient emulator takes it).
+    """
     ids = [object_ids] if isinstance(object_ids, str) else list(object_ids)
-    return {
-        "query": {
-            "select": [{"op": "star"}],
-            "from": {
-                "op": "function",
-                "name": {"op": "ident", "name": [source]},
-                "args": [{"op": "literal", "value": object_id} for object_id in ids],
-            },
-            "filter": {
-                "op": "gt",
-                "left": {"op": "ident", "name": ["_xact_id"]},
-                "right": {"op": "literal", "value": "0"},
-            },
-            "sort": [{"expr": {"op": "ident", "name": ["_xact_id"]}, "dir": "asc"}],
-            "limit": 1000,
-            "cursor": cursor,
+    query: dict[str, Any] = {
+        "select": [{"op": "star"}],
+        "from": {
+            "op": "function",
+            "name": {"op": "ident", "name": [source]},
+            "args": [{"op": "literal", "value": object_id} for object_id in ids],
         },
-        "fmt": "json",
-        "brainstore_realtime": True,
+        "limit": 1000,
+        "cursor": cursor,
     }
+    if sorted_by_xact_id:
+        query["sort"] = [{"expr": {"op": "ident", "name": ["_xact_id"]}, "dir": "asc"}]
+    return {"query": query, "fmt": "json", "brainstore_realtime": True}
 
 
 def cursor_pages(

@@ -1,7 +1,7 @@
 """How many `/btql` requests a sync costs on a wide org (issue 13, "Request economy").
 
 Run through `bash scripts/request-benchmark [--tap-executable PATH] [--seed S]
-[--page-byte-budget B] [--state-out FILE]`. Hosted Braintrust allows
+[--page-byte-budget B] [--state-out FILE] [--server 2026|2025]`. Hosted Braintrust allows
 about 20 `/btql` requests a minute per org, shared with everyone using it, so on an org of many
 small objects a sync's cost is its number of requests, not its bytes. The emulator, in its own
 process, holds the issue's wide org (`generate_wide_org`: 8 projects of 400 log rows, 320
@@ -15,10 +15,17 @@ client's own counters:
 - `small change`: the issue's small change (`wide_org_small_change`: 28 annotations over
   log rows, experiment rows and dataset records, and 20 new log rows), then the tap from the
   idle run's state; every changed row must arrive;
-- `floor client`, right after the full sync: the fewest `/btql` requests any client needs
-  for the same read: one query per row kind naming all its objects (after one listing each),
-  `_xact_id` ascending, 1000 rows a page, the server cursor to the end; it must read as many
-  rows as the full sync.
+- `floor client (keyset)`, right after the full sync: the fewest `/btql` requests any client
+  needs for the same read in `_xact_id` order: one query per row kind naming all its objects
+  (after one listing each), 1000 rows a page, each page after the last row's
+  (`_xact_id`, `_pagination_key`) until an empty one; it must read as many rows as the full
+  sync;
+- `floor client (cursor)`, with `--server 2026` only: the same read following the server
+  cursor on the `_xact_id` sort, which only the 2026 reference documents (the emulator takes
+  it for this run alone).
+
+`--server 2025` makes the emulator answer as the 2025 BTQL reference reads: a sorted query
+gets no cursor.
 
 `--tap-executable` picks the build to measure, e.g. an older one in a worktree of its own.
 """
@@ -40,9 +47,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scripts.benchmark import API_KEY, BIN, EmulatorProcess, cursor_pages, rows_query
+from tap_braintrust.queries import ChangePosition, ObjectBound, RowsQuery
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from multiprocessing.connection import Connection
 
     import requests
@@ -68,16 +76,19 @@ RowKey = tuple[str, str, str]
 # The emulator ------------------------------------------------------------------------------
 
 
-def _serve_wide(seed: int, page_byte_budget: int, pipe: Connection) -> None:
+def _serve_wide(seed: int, page_byte_budget: int, sorted_cursor: bool, pipe: Connection) -> None:  # noqa: FBT001
     """The emulator's process: make the wide org, serve it, answer the parent until "stop".
 
     Messages: `("log", n)` → (method, path, status, /btql row source) of each request after
-    the first n; `("change",)` → the small change, written now.
+    the first n; `("change",)` → the small change, written now; `("strict", flag)` → the
+    emulator's dialect check on or off.
     """
     from tests.emulator import Emulator  # noqa: PLC0415 - a test fixture
     from tests.emulator.generator import generate_wide_org, wide_org_small_change  # noqa: PLC0415
 
-    emulator = Emulator(api_key=API_KEY, page_byte_budget=page_byte_budget)
+    emulator = Emulator(
+        api_key=API_KEY, page_byte_budget=page_byte_budget, sorted_cursor=sorted_cursor
+    )
     org = generate_wide_org(emulator.store, seed=seed)
     with emulator:
         pipe.send((emulator.url, org))
@@ -85,6 +96,9 @@ def _serve_wide(seed: int, page_byte_budget: int, pipe: Connection) -> None:
             if message[0] == "log":
                 log = emulator.request_log[message[1] :]
                 pipe.send([(r.method, r.path, r.status, _btql_source(r.json_body)) for r in log])
+            elif message[0] == "strict":
+                emulator.strict = message[1]
+                pipe.send(None)
             else:
                 pipe.send(wide_org_small_change(emulator.store, org, seed=seed))
 
@@ -136,9 +150,9 @@ def _kind(method: str, path: str) -> str:
 class WideOrgEmulator(EmulatorProcess):
     """The emulator with the wide org; tells what each run cost from its request log."""
 
-    def __init__(self, seed: int, page_byte_budget: int) -> None:
+    def __init__(self, seed: int, page_byte_budget: int, *, sorted_cursor: bool) -> None:
         """Start it; returns once the org is made and it listens."""
-        super().__init__(_serve_wide, seed, page_byte_budget)
+        super().__init__(_serve_wide, seed, page_byte_budget, sorted_cursor)
         self.url: str
         self.org: WideOrg
         self.url, self.org = self.ready
@@ -149,6 +163,10 @@ class WideOrgEmulator(EmulatorProcess):
         log = self.ask(("log", self._seen))
         self._seen += len(log)
         return Requests.count(log)
+
+    def strict(self, *, on: bool) -> None:
+        """Turn the emulator's check of the evidenced dialect on or off."""
+        self.ask(("strict", on))
 
     def small_change(self) -> SmallChange:
         """Write the issue's small change now; what it touched."""
@@ -242,35 +260,56 @@ def list_ids(session: requests.Session, url: str, kind: str) -> list[str]:
             return ids
 
 
-def run_floor(emulator: WideOrgEmulator) -> Run:
-    """The least any client must do: list the objects, then one cursor read per row kind."""
+def keyset_pages(
+    session: requests.Session, url: str, query: RowsQuery, decode: Callable[[bytes], Any]
+) -> Iterator[list[Any]]:
+    """The rows of each page of `query`, each after the last row's keys, to an empty page."""
+    after = None
+    while True:
+        response = session.post(f"{url}/btql", json=query.body(after), timeout=60)
+        response.raise_for_status()
+        rows = decode(response.content)["data"]
+        yield rows
+        if not rows:
+            return
+        after = ChangePosition(int(rows[-1]["_xact_id"]), rows[-1]["_pagination_key"])
+
+
+def run_floor(emulator: WideOrgEmulator, paging: str) -> Run:
+    """The least any client must do: list the objects, then one read per row kind."""
     import msgspec  # noqa: PLC0415
     import requests  # noqa: PLC0415
 
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {API_KEY}"
+    emulator.strict(on=paging == "keyset")
     emulator.requests()
     records: dict[str, int] = {}
     started = time.perf_counter()
     for kind, (stream, (source, _)) in zip(OBJECT_KINDS, ROW_STREAMS.items(), strict=True):
         ids = list_ids(session, emulator.url, kind)
-        body = partial(rows_query, ids, source=source)
-        pages = cursor_pages(session, emulator.url, body, msgspec.json.decode)
+        if paging == "keyset":
+            query = RowsQuery(source, tuple(ObjectBound(object_id) for object_id in ids))
+            pages = keyset_pages(session, emulator.url, query, msgspec.json.decode)
+        else:
+            body = partial(rows_query, ids, source=source, sorted_by_xact_id=True)
+            pages = cursor_pages(session, emulator.url, body, msgspec.json.decode)
         records[stream] = sum(len(page) for page in pages)
     seconds = time.perf_counter() - started
-    return Run("floor client", emulator.requests(), records, seconds)
+    emulator.strict(on=True)
+    return Run(f"floor client ({paging})", emulator.requests(), records, seconds)
 
 
 # Report ------------------------------------------------------------------------------------
 
 
 def checks(org: WideOrg, runs: Sequence[Run], change: SmallChange) -> list[str]:
-    """What must hold for the figures to mean anything (runs: full, idle, change, floor)."""
-    full, _, changed, floor = runs
+    """What must hold for the figures to mean anything (runs: full, idle, change, floors)."""
+    full, _, changed, *floors = runs
     problems = [
         f"{run.name}: {run.records.get(stream, 0)} {stream} rows, the org has {org.rows(source)}"
         for stream, (source, _) in ROW_STREAMS.items()
-        for run in (full, floor)
+        for run in (full, *floors)
         if run.records.get(stream, 0) != org.rows(source)
     ]
     objects = {"projects": org.projects, "experiments": org.experiments, "datasets": org.datasets}
@@ -291,11 +330,14 @@ def checks(org: WideOrg, runs: Sequence[Run], change: SmallChange) -> list[str]:
     return problems
 
 
-def report(tap: Path, budget: int, org: WideOrg, runs: Sequence[Run], change: SmallChange) -> str:
+def report(  # noqa: PLR0913, PLR0917 - one report, all its parts
+    tap: Path, budget: int, org: WideOrg, runs: Sequence[Run], change: SmallChange, server: str
+) -> str:
     """The Markdown table, rows per stream, and how the org and the change were made."""
     lines = [
         (
-            f"{datetime.now(timezone.utc):%Y-%m-%d}, `{tap}`, page byte budget {budget:,}; "
+            f"{datetime.now(timezone.utc):%Y-%m-%d}, `{tap}`, {server} server, "
+            f"page byte budget {budget:,}; "
             f"org: {len(org.projects)} projects, {len(org.experiments)} experiments, "
             f"{len(org.datasets)} datasets, {org.rows():,} rows "
             f"({org.rows('project_logs'):,} log rows); small change: "
@@ -345,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--state-out", type=Path, help="write the full sync's final STATE here")
     parser.add_argument(
+        "--server",
+        choices=("2026", "2025"),
+        default="2026",
+        help="2025: sorted queries get no cursor, as the 2025 BTQL reference reads",
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -358,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     print(f"making the wide org (seed {args.seed}) ...", flush=True)
-    emulator = WideOrgEmulator(args.seed, args.page_byte_budget)
+    emulator = WideOrgEmulator(
+        args.seed, args.page_byte_budget, sorted_cursor=args.server == "2026"
+    )
     try:
         org = emulator.org
         print(f"ready in {time.monotonic() - started:.0f} s; measuring {tap}", flush=True)
@@ -368,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
             _progress(full)
             if args.state_out:
                 args.state_out.write_text(json.dumps(full.state, indent=1))
-            floor = run_floor(emulator)  # the same data as the full sync
-            _progress(floor)
+            # The same data as the full sync.
+            floors = [run_floor(emulator, "keyset")]
+            if args.server == "2026":
+                floors.append(run_floor(emulator, "cursor"))
+            for floor in floors:
+                _progress(floor)
             idle = run_tap("idle", emulator, tap, work, full.state, settings=settings)
             _progress(idle)
             change = emulator.small_change()
@@ -377,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             _progress(changed)
     finally:
         emulator.stop()
-    runs = (full, idle, changed, floor)
-    print(report(tap, args.page_byte_budget, org, runs, change))
+    runs = (full, idle, changed, *floors)
+    print(report(tap, args.page_byte_budget, org, runs, change, args.server))
     problems = checks(org, runs, change)
     if not problems:
         print(
