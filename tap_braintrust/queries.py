@@ -172,6 +172,18 @@ def pagination_key_of(row: Mapping[str, Any]) -> str:
     return key
 
 
+def change_position_of(row: Mapping[str, Any]) -> ChangePosition:
+    """A row's place in a change read: its `_xact_id` and `_pagination_key`."""
+    xact_id = parse_xact_id(row.get("_xact_id"))
+    if xact_id is None:
+        msg = (
+            f"Braintrust sent row {row.get('id')!r} without a valid _xact_id "
+            f"({row.get('_xact_id')!r}), which change tracking needs"
+        )
+        raise BraintrustError(msg)
+    return ChangePosition(xact_id, pagination_key_of(row))
+
+
 class Page(Protocol):
     """What a page of an answer tells the next request: its rows and its cursor."""
 
@@ -345,17 +357,7 @@ class RowsQuery:
 
     def next_after(self, after: ChangePosition | None, page: Page) -> ChangePosition | None:  # noqa: ARG002
         """After the page's last row; None after an empty page, the end."""
-        if not page.rows:
-            return None
-        last = page.rows[-1]
-        xact_id = parse_xact_id(last.get("_xact_id"))
-        if xact_id is None:
-            msg = (
-                f"Braintrust sent row {last.get('id')!r} without a valid _xact_id "
-                f"({last.get('_xact_id')!r}), which change tracking needs"
-            )
-            raise BraintrustError(msg)
-        return ChangePosition(xact_id, pagination_key_of(last))
+        return change_position_of(page.rows[-1]) if page.rows else None
 
     def describe(self) -> str:
         """The query in SQL-like words, for logs and error messages.

@@ -35,6 +35,7 @@ from tap_braintrust.queries import (
     RowsQuery,
     SummaryQuery,
     TraceSpansQuery,
+    change_position_of,
     pagination_key_of,
     summary_root,
 )
@@ -351,28 +352,26 @@ class EventStream(BtqlStream):
         """The rest of a read too wide for Braintrust, as two reads of half the objects."""
         half = (len(group) + 1) // 2
         self._group_size = min(self._group_size, half)
-        self.logger.warning(
-            "%s: %s; reading the rest of its %d objects in two queries, and at most %d "
-            "per query for the rest of this run",
-            self.name,
-            reason,
-            len(group),
-            half,
-        )
+        self._say_halved(reason, len(group), "objects")
         for part in (group[:half], group[half:]):
             yield from self._changes(query_for, part, finished, progress.resumed())
 
+    def _say_halved(self, reason: str, count: int, what: str) -> None:
+        self.logger.warning(
+            "%s: %s; reading the rest of its %d %s in two queries, and at most %d per query "
+            "for the rest of this run",
+            self.name,
+            reason,
+            count,
+            what,
+            (count + 1) // 2,
+        )
+
     def _advance(self, progress: ReadProgress, row: Mapping[str, Any], query: RowsQuery) -> None:
         """Account for a row in its read's progress; refuse one that breaks the order."""
-        xact_id = parse_xact_id(row.get("_xact_id"))
-        if xact_id is None:
-            msg = (
-                f"{self.name}: Braintrust sent row {row.get('id')!r} without a valid "
-                f"_xact_id ({row.get('_xact_id')!r}), which change tracking needs"
-            )
-            raise BraintrustError(msg)
+        position = change_position_of(row)
         try:
-            progress.before_row(xact_id, pagination_key_of(row))
+            progress.before_row(position.xact_id, position.pagination_key)
         except OutOfOrderError as exc:
             msg = (
                 f"{self.name}: Braintrust returned rows out of (_xact_id, _pagination_key) "
@@ -716,14 +715,7 @@ class TraceStream(CustomRowStream):
         except GroupTooBigError as exc:
             half = (len(chunk) + 1) // 2
             self._roots_per_query = min(self._roots_per_query, half)
-            self.logger.warning(
-                "%s: %s; reading the rest of its %d traces in two queries, and at most %d "
-                "per query for the rest of this run",
-                self.name,
-                exc,
-                len(chunk),
-                half,
-            )
+            self._say_halved(str(exc), len(chunk), "traces")
             for part in (chunk[:half], chunk[half:]):
                 rest = [pair for pair in part if pair[1] not in answered]
                 if rest:
