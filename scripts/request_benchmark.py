@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scripts.benchmark import API_KEY, BIN, EmulatorProcess, cursor_pages, rows_query
-from tap_braintrust.queries import ChangePosition, ObjectBound, RowsQuery
+from tap_braintrust.queries import ChangePosition, ObjectBound, RowsQuery, row_keys
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -268,11 +268,13 @@ def keyset_pages(
     while True:
         response = session.post(f"{url}/btql", json=query.body(after), timeout=60)
         response.raise_for_status()
-        rows = decode(response.content)["data"]
-        yield rows
-        if not rows:
+        answer = decode(response.content)
+        yield answer["data"]
+        if not answer["data"]:
             return
-        after = ChangePosition(int(rows[-1]["_xact_id"]), rows[-1]["_pagination_key"])
+        # Up to what the first page says is visible, as the tap reads.
+        through = int(answer["freshness_state"]["last_processed_xact_id"])
+        after = ChangePosition(*row_keys(answer["data"][-1]), after.through if after else through)
 
 
 def run_floor(emulator: WideOrgEmulator, paging: str) -> Run:

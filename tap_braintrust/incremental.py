@@ -35,9 +35,35 @@ class OutOfOrderError(ValueError):
     """A row came with a smaller `_xact_id` than one before it."""
 
 
+SHARED_START_SECONDS = 3600
+"""Objects whose reads start within this many seconds of writes of each other share one
+query, read from the lowest start. Each query ends at its own server horizon, so the objects
+of one run's queries end seconds apart; read apart, they would need a query each for ever."""
+
+
+def xact_at(unix_seconds: float) -> int:
+    """The last `_xact_id` a write in that second can have (contract section 8)."""
+    return (0x0DE1 << 48) | (int(unix_seconds) << _SECONDS_SHIFT) | 0xFFFF
+
+
 def lookback(watermark: int, seconds: int) -> int:
     """The `_xact_id` `seconds` of writes before `watermark` (never below 0)."""
     return max(0, watermark - (seconds << _SECONDS_SHIFT))
+
+
+def shared_starts(starts: list[int]) -> dict[int, int]:
+    """For each start (an `_xact_id`), the start it is read from: the lowest one close below.
+
+    Starts within `SHARED_START_SECONDS` of writes of the lowest of a run of them share it;
+    0 (a first read) is shared with nothing else.
+    """
+    shared: dict[int, int] = {}
+    low: int | None = None
+    for start in sorted(set(starts)):
+        if low is None or not low or lookback(start, SHARED_START_SECONDS) > low:
+            low = start
+        shared[start] = low
+    return shared
 
 
 class ReadProgress:
@@ -66,6 +92,11 @@ class ReadProgress:
         if self._reading is None or self._pagination_key is None:
             return None
         return self._reading, self._pagination_key
+
+    @property
+    def visible_xact_id(self) -> int | None:
+        """The lowest freshness the pages so far reported: what a resumed part may read to."""
+        return self._visible_through
 
     def resumed(self) -> ReadProgress:
         """A copy, for a part of the read that goes on from here in a query of its own."""

@@ -15,11 +15,12 @@ sorted reads page by keyset (the last row's keys), and only unsorted reads use t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from tap_braintrust.errors import BraintrustError
-from tap_braintrust.incremental import MAX_XACT_ID, parse_xact_id
+from tap_braintrust.incremental import MAX_XACT_ID, parse_xact_id, xact_at
 from tap_braintrust.timestamps import normalize_timestamp
 
 if TYPE_CHECKING:
@@ -102,10 +103,6 @@ def _sort(*fields: str) -> list[Node]:
     return [{"expr": _ident(field), "dir": "asc"} for field in fields]
 
 
-def _describe_filter(text: str | None) -> str:
-    return "" if text is None else f" AND ({text})"
-
-
 def _describe_select(columns: tuple[FieldPath, ...] | None) -> str:
     if columns is None:
         return ""
@@ -172,7 +169,7 @@ def pagination_key_of(row: Mapping[str, Any]) -> str:
     return key
 
 
-def change_position_of(row: Mapping[str, Any]) -> ChangePosition:
+def row_keys(row: Mapping[str, Any]) -> tuple[int, str]:
     """A row's place in a change read: its `_xact_id` and `_pagination_key`."""
     xact_id = parse_xact_id(row.get("_xact_id"))
     if xact_id is None:
@@ -181,7 +178,7 @@ def change_position_of(row: Mapping[str, Any]) -> ChangePosition:
             f"({row.get('_xact_id')!r}), which change tracking needs"
         )
         raise BraintrustError(msg)
-    return ChangePosition(xact_id, pagination_key_of(row))
+    return xact_id, pagination_key_of(row)
 
 
 class Page(Protocol):
@@ -195,6 +192,11 @@ class Page(Protocol):
     @property
     def cursor(self) -> str | None:
         """The server's cursor, None at the end."""
+        ...
+
+    @property
+    def last_processed_xact_id(self) -> int | None:
+        """The server's freshness: every write up to it is visible (None: not reported)."""
         ...
 
 
@@ -229,33 +231,41 @@ class CursorPaged:
         return page.cursor
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ChangePosition:
-    """The last row a sorted change read has passed: its `_xact_id` and `_pagination_key`.
+    """The last row a sorted change read has passed, and the transaction the read ends at.
 
     `_pagination_key` is unique per row and survives merges (contract section 4), also
     across the objects of one multi-id source (braintrust-migrate pages such sources on it
-    alone), so this pair orders every row of a read with no ties.
+    alone), so (`_xact_id`, `_pagination_key`) orders every row of a read with no ties.
+
+    Attributes:
+        xact_id: the last row's `_xact_id`.
+        pagination_key: the last row's `_pagination_key`.
+        through: the highest `_xact_id` the read goes to, fixed after its first page, so a
+            read of an object written all the while still ends.
     """
 
     xact_id: int
     pagination_key: str
+    through: int
 
     def __str__(self) -> str:
         """The pair, for logs and the repeat guard."""
         return f"({self.xact_id}, {self.pagination_key})"
 
     def rows_after(self) -> Node:
-        """`_xact_id >= X AND (_xact_id > X OR _pagination_key > P)`.
+        """`_xact_id >= X AND _xact_id <= T AND (_xact_id > X OR _pagination_key > P)`.
 
-        The same rows as `(_xact_id, _pagination_key) > (X, P)`, with a plain range on
-        `_xact_id` for the server's segment elimination.
+        The rows after (X, P) in (`_xact_id`, `_pagination_key`) order, up to T, with plain
+        ranges on `_xact_id` for the server's segment elimination.
         """
         xact_id = str(self.xact_id)
         return {
             "op": "and",
             "children": [
                 _compare("ge", "_xact_id", xact_id),
+                _compare("le", "_xact_id", str(self.through)),
                 {
                     "op": "or",
                     "children": [
@@ -273,8 +283,8 @@ class ObjectBound:
 
     Attributes:
         object_id: the project, experiment or dataset id.
-        after_xact_id: only rows whose latest write is above this `_xact_id` (0: all). Also
-            the range filter project_logs queries need to avoid a full-history scan.
+        after_xact_id: only rows whose latest write is above this `_xact_id` (0: all, with
+            no range: a first read scans all history anyway).
         created_since: only rows with `created` at or after this ISO-8601 time.
     """
 
@@ -323,6 +333,8 @@ class RowsQuery:
     objects: tuple[ObjectBound, ...]
     user_filter: str | None = None
     columns: tuple[FieldPath, ...] | None = None
+    ends_by: int = field(default_factory=lambda: xact_at(time.time()), compare=False)
+    """Where the read ends when the server reports no freshness: now, by this clock."""
     paging = "keyset on (_xact_id, _pagination_key), sorted, no server cursor"
 
     def __post_init__(self) -> None:
@@ -355,9 +367,21 @@ class RowsQuery:
         query["sort"] = _sort("_xact_id", "_pagination_key")
         return _request(query)
 
-    def next_after(self, after: ChangePosition | None, page: Page) -> ChangePosition | None:  # noqa: ARG002
-        """After the page's last row; None after an empty page, the end."""
-        return change_position_of(page.rows[-1]) if page.rows else None
+    def next_after(self, after: ChangePosition | None, page: Page) -> ChangePosition | None:
+        """After the page's last row; None after an empty page, the end.
+
+        The read goes up to what the first page's server freshness says is visible (the
+        client's clock when it says nothing): later writes wait for the next run.
+        """
+        if not page.rows:
+            return None
+        if after is not None:
+            through = after.through
+        elif page.last_processed_xact_id is not None:
+            through = page.last_processed_xact_id
+        else:
+            through = self.ends_by
+        return ChangePosition(*row_keys(page.rows[-1]), through)
 
     def describe(self) -> str:
         """The query in SQL-like words, for logs and error messages.

@@ -20,6 +20,7 @@ from tap_braintrust.incremental import (
     ReadProgress,
     lookback,
     parse_xact_id,
+    shared_starts,
 )
 from tap_braintrust.queries import (
     FALLBACK_PREVIEW_LENGTH,
@@ -35,8 +36,8 @@ from tap_braintrust.queries import (
     RowsQuery,
     SummaryQuery,
     TraceSpansQuery,
-    change_position_of,
     pagination_key_of,
+    row_keys,
     summary_root,
 )
 from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
@@ -201,9 +202,9 @@ class EventStream(BtqlStream):
     partition keeps beside its bookmark (see incremental.py).
 
     Requests are the scarce resource (about 20 `/btql` a minute per org), so one query reads
-    up to `objects_per_query` objects at once, each from its own watermark, and an object
-    with nothing new costs nothing of its own. The state stays one partition per object,
-    keyed by its id, as when each object was read alone.
+    up to `objects_per_query` objects that start from about the same watermark, and an
+    object with nothing new costs nothing of its own. The state stays one partition per
+    object, keyed by its id, as when each object was read alone.
     """
 
     source: RowSource
@@ -269,7 +270,7 @@ class EventStream(BtqlStream):
             self._object_read(object_id, partitions.get(object_id))
             for object_id in self._object_ids()
         ]
-        reads.sort(key=lambda read: (read.bound.start, read.bound.object_id))
+        reads = self._sharing_starts(reads)
         self._reads = {read.bound.object_id: read for read in reads}
         self._group_size = int(self.config["objects_per_query"])
         # Objects from different starts go in different queries: a filter on the object id
@@ -279,6 +280,28 @@ class EventStream(BtqlStream):
             while same_start:
                 group, same_start = same_start[: self._group_size], same_start[self._group_size :]
                 yield from self._read(group)
+
+    @staticmethod
+    def _sharing_starts(reads: list[_ObjectRead]) -> list[_ObjectRead]:
+        """The reads in order of start, those close together moved to the lowest of theirs.
+
+        See `shared_starts`: rows read again rather than a query more. Each read keeps its
+        own watermark, which the read never lowers.
+        """
+        lowest = shared_starts([read.bound.after_xact_id for read in reads])
+        moved = [
+            _ObjectRead(
+                ObjectBound(
+                    read.bound.object_id,
+                    lowest[read.bound.after_xact_id],
+                    read.bound.created_since,
+                ),
+                read.watermark,
+                read.state,
+            )
+            for read in reads
+        ]
+        return sorted(moved, key=lambda read: (read.bound.start, read.bound.object_id))
 
     def _query(self, group: list[_ObjectRead]) -> RowsQuery:
         return RowsQuery(
@@ -327,7 +350,11 @@ class EventStream(BtqlStream):
         self._log_query(query)
         in_query = {read.bound.object_id: read for read in group}
         position = progress.position
-        after = None if position is None else ChangePosition(*position)
+        after = (
+            None
+            if position is None
+            else ChangePosition(*position, progress.visible_xact_id or query.ends_by)
+        )
         try:
             for page in self.query_pages(query, after):
                 progress.visible_through(page.last_processed_xact_id)
@@ -369,9 +396,8 @@ class EventStream(BtqlStream):
 
     def _advance(self, progress: ReadProgress, row: Mapping[str, Any], query: RowsQuery) -> None:
         """Account for a row in its read's progress; refuse one that breaks the order."""
-        position = change_position_of(row)
         try:
-            progress.before_row(position.xact_id, position.pagination_key)
+            progress.before_row(*row_keys(row))
         except OutOfOrderError as exc:
             msg = (
                 f"{self.name}: Braintrust returned rows out of (_xact_id, _pagination_key) "

@@ -121,8 +121,8 @@ class Answer:
 class GroupTooBigError(Exception):
     """A query named more objects or traces than Braintrust would take: ask for halves.
 
-    Raised on a 413 (the request body is what is too large), and after `GROUP_TRIES` failed
-    tries (5xx or no answer) of a query naming several.
+    Raised on a 413 (the request body is what is too large), and after `GROUP_TRIES` tries
+    in a row of a query naming several fail with a 5xx or no answer.
     """
 
 
@@ -345,7 +345,7 @@ class Transport:
                 retrying (raising RequestAbandonedError).
         """
         max_tries = self.retry_policy.max_tries
-        reason, status = "", None
+        reason, status, server_failures = "", None, 0
         for tries in range(1, max_tries + 1):
             request = prepare()
             try:
@@ -376,7 +376,9 @@ class Transport:
                 )
                 raise BraintrustError(msg)
             smaller = shrink_page() if shrink_page and status in PAGE_TOO_BIG_STATUSES else None
-            if group_of > 1 and tries >= GROUP_TRIES and (status is None or status >= 500):  # noqa: PLR2004
+            # Only the server failing counts here: a 429 says the org is busy, not the query.
+            server_failures = server_failures + 1 if status is None or status >= 500 else 0  # noqa: PLR2004
+            if group_of > 1 and server_failures >= GROUP_TRIES:
                 raise GroupTooBigError(reason)
             if tries == max_tries:
                 break

@@ -10,6 +10,8 @@ whose SQL ends in a comment.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -315,3 +317,68 @@ def test_row_streams_see_every_stream_of_the_demo(run_tap: Callable[..., TapRun]
         target.load(run.messages)
         assert target.differences(truth(emu)) == []
         assert {s.name for s in ROW_STREAMS} <= {m.get("stream") for m in run.messages}
+
+
+def test_429s_do_not_count_towards_halving_a_group(run_tap: Callable[..., TapRun]) -> None:
+    with running_emulator(api_key=API_KEY, demo_seed=7) as emu:
+        emu.faults.add(FaultRule("status", path="/btql", status=429, retry_after=0, times=2))
+        emu.faults.add(FaultRule("status", path="/btql", status=502, times=1))
+        run = run_tap(tap_config(emu, max_backoff_seconds=0))
+        assert run.returncode == 0, run.stderr
+        assert "in two queries" not in run.stderr
+        first = _btql(emu)[:4]
+        assert [r.status for r in first] == [429, 429, 502, 200]
+        assert len({_ids_named(r) for r in first}) == 1
+
+
+def test_a_read_of_an_object_written_all_the_while_still_ends(
+    run_tap: Callable[..., TapRun],
+) -> None:
+    with running_emulator(api_key=API_KEY) as emu:
+        project = emu.store.add_project("busy")["id"]
+        emu.store.insert_rows("project_logs", project, [{"id": f"old-{n}"} for n in range(60)])
+        writing = threading.Event()
+        writing.set()
+
+        def keep_writing() -> None:
+            n = 0
+            while writing.is_set():
+                emu.store.insert_rows("project_logs", project, [{"id": f"new-{n}"}])
+                n += 1
+                time.sleep(0.002)
+
+        writer = threading.Thread(target=keep_writing, daemon=True)
+        writer.start()
+        try:
+            run = run_tap(tap_config(emu, page_size=10, project_ids=[project]))
+        finally:
+            writing.clear()
+            writer.join()
+        assert run.returncode == 0, run.stderr
+        ids = {r["id"] for r in run.records("project_logs")}
+        assert {f"old-{n}" for n in range(60)} <= ids
+        # The read ended at what its first page said was visible, not at the writer's pace.
+        reads = [r for r in _btql(emu) if "project_logs" in json.dumps(r.json_body)]
+        assert len(reads) <= 2 + len(ids) // 10, (len(reads), len(ids))
+
+
+def test_objects_whose_watermarks_are_seconds_apart_share_one_query(
+    run_tap: Callable[..., TapRun],
+) -> None:
+    # Queries end at their own server horizon, so one run leaves groups seconds apart.
+    with running_emulator(api_key=API_KEY, demo_seed=7) as emu:
+        first = run_tap(tap_config(emu))
+        assert first.returncode == 0, first.stderr
+        state = first.final_state
+        partitions = state["bookmarks"]["project_logs"]["partitions"]
+        for seconds, partition in enumerate(partitions):
+            partition["xact_id_watermark"] = str(
+                int(partition["xact_id_watermark"]) - (seconds * 7 << 16)
+            )
+        emu.request_log.clear()
+        run = run_tap(tap_config(emu), state=state)
+        assert run.returncode == 0, run.stderr
+        logs = [r for r in _btql(emu) if "project_logs" in json.dumps(r.json_body)]
+        assert [_ids_named(r) for r in logs] == [len(partitions)]  # one read, ended empty
+        after = run.final_state["bookmarks"]["project_logs"]["partitions"]
+        assert len({p["xact_id_watermark"] for p in after}) == 1  # together again

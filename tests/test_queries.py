@@ -55,6 +55,15 @@ def _query(source: str, object_id: str, **bound: Any) -> RowsQuery:
     return RowsQuery(source, (ObjectBound(object_id, **bound),))  # type: ignore[arg-type]
 
 
+class _Page:
+    def __init__(
+        self, rows: list[dict[str, Any]], cursor: str | None = None, freshness: int | None = None
+    ) -> None:
+        self.rows = rows
+        self.cursor = cursor
+        self.last_processed_xact_id = freshness
+
+
 def test_a_first_run_reads_every_row_with_no_filter_to_spare() -> None:
     # `_xact_id > '0'` filters nothing and no client sends it: a first read goes without.
     query = _query("project_logs", PROJECT_ID)
@@ -64,7 +73,7 @@ def test_a_first_run_reads_every_row_with_no_filter_to_spare() -> None:
 
 def test_a_later_page_starts_after_the_last_rows_keys() -> None:
     query = _query("experiment", "e-1", after_xact_id=X - 5)
-    position = ChangePosition(X, "p00000000000000000042")
+    position = ChangePosition(X, "p00000000000000000042", X + 9)
     assert query.body(position, 7) == _body(
         "experiment",
         "e-1",
@@ -76,6 +85,7 @@ def test_a_later_page_starts_after_the_last_rows_keys() -> None:
                     "op": "and",
                     "children": [
                         _compare("ge", "_xact_id", str(X)),
+                        _compare("le", "_xact_id", str(X + 9)),
                         {
                             "op": "or",
                             "children": [
@@ -92,16 +102,34 @@ def test_a_later_page_starts_after_the_last_rows_keys() -> None:
 
 
 def test_the_keyset_keeps_exactly_the_rows_after_the_position() -> None:
-    position = ChangePosition(X, "p00000000000000000042")
+    position = ChangePosition(X, "p00000000000000000042", X + 9)
     parsed = parse_query(_query("dataset", "d-1").body(position)["query"])
     now = datetime(2026, 3, 1, tzinfo=timezone.utc)
-    rows = [(xact_id, f"p{key:020d}") for xact_id in (X - 1, X, X + 1) for key in (41, 42, 43, 9)]
+    rows = [
+        (xact_id, f"p{key:020d}")
+        for xact_id in (X - 1, X, X + 1, X + 9, X + 10)
+        for key in (41, 42, 43, 9)
+    ]
     kept = [
         row
         for row in rows
         if matches(parsed.filter, {"_xact_id": str(row[0]), "_pagination_key": row[1]}, now=now)
     ]
-    assert kept == [row for row in rows if row > (X, "p00000000000000000042")]
+    # After (X, P), and no further than the transaction the read ends at.
+    assert kept == [row for row in rows if (X, "p00000000000000000042") < row <= (X + 9, "p~")]
+
+
+def test_a_read_ends_where_its_first_page_said_writes_were_visible() -> None:
+    query = _query("project_logs", PROJECT_ID)
+    row = {"id": "r", "_xact_id": str(X), "_pagination_key": "p00000000000000000001"}
+
+    first = query.next_after(None, _Page([row], freshness=X + 5))
+    assert first == ChangePosition(X, "p00000000000000000001", X + 5)
+    # Later pages do not move the end; without freshness it is when the read began.
+    assert query.next_after(first, _Page([row], freshness=X + 99)) == first
+    assert query.next_after(None, _Page([row])) == ChangePosition(
+        X, "p00000000000000000001", query.ends_by
+    )
 
 
 def test_start_date_is_normalised_and_joined_with_and() -> None:
@@ -167,12 +195,6 @@ def test_whole_traces_go_by_one_in_list_of_at_most_100_roots() -> None:
         TraceSpansQuery("project_logs", ("p1",), (*roots, "one more"))
 
 
-class _Page:
-    def __init__(self, rows: list[dict[str, Any]], cursor: str | None = None) -> None:
-        self.rows = rows
-        self.cursor = cursor
-
-
 def test_summaries_page_by_the_cursor_unsorted() -> None:
     query = SummaryQuery("experiment", ("e1",), ("r1", "r2"), user_filter="scores.x < 0.5")
     ast = query.body("token")["query"]
@@ -204,7 +226,7 @@ def test_a_reports_offset_goes_on_a_line_of_its_own() -> None:
 
 def test_every_query_the_tap_builds_is_in_the_evidenced_dialect() -> None:
     bound = ObjectBound("p", after_xact_id=X, created_since="2026-01-01")
-    position = ChangePosition(X, "p00000000000000000001")
+    position = ChangePosition(X, "p00000000000000000001", X + 9)
     roots = ("r1", "r2")
     bodies = [
         RowsQuery("project_logs", (ObjectBound("p"),)).body(None),

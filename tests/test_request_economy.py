@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from tap_braintrust.queries import ChangePosition, ObjectBound, RowsQuery
+from tap_braintrust.queries import ChangePosition, ObjectBound, RowsQuery, row_keys
 from tests.activity import (
     START,
     ManualClock,
@@ -73,11 +73,14 @@ def _floor_requests(emu: Emulator) -> tuple[int, int]:
             query = RowsQuery(stream.source, tuple(ObjectBound(i) for i in ids))
             after = None
             while True:
-                data = session.post(f"{emu.url}/btql", json=query.body(after)).json()["data"]
-                if not data:
+                answer = session.post(f"{emu.url}/btql", json=query.body(after)).json()
+                if not answer["data"]:
                     break
-                rows += len(data)
-                after = ChangePosition(int(data[-1]["_xact_id"]), data[-1]["_pagination_key"])
+                rows += len(answer["data"])
+                through = int(answer["freshness_state"]["last_processed_xact_id"])
+                after = ChangePosition(
+                    *row_keys(answer["data"][-1]), after.through if after else through
+                )
     return len(_btql_requests(emu)) - before, rows
 
 

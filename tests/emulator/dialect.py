@@ -231,12 +231,12 @@ def _filter(node: Any, parent: str | None) -> Iterator[str]:
     if "btql" in node:
         yield {
             None: "btql text as the whole filter",
-            "children": "btql text as a child of and",
-        }.get(parent, "btql text as an operand of a binary and/or")
+            "and children": "btql text as a child of and",
+        }.get(parent, f"btql text under {parent}")
         return
     op = node.get("op")
     if op in {"and", "or"}:
-        if op == "or" and parent == "or":
+        if op == "or" and parent in {"or", "or children"}:
             yield "or nested in or (a tree of ors)"
         form = "children" if "children" in node else "left/right"
         yield f"and/or with {'children' if form == 'children' else 'left and right'}"
@@ -249,7 +249,7 @@ def _filter(node: Any, parent: str | None) -> Iterator[str]:
             ]
         )
         for operand in operands:
-            yield from _filter(operand, "children" if form == "children" else op)
+            yield from _filter(operand, f"{op} children" if form == "children" else op)
         return
     if op in _COMPARISONS:
         yield _comparison(op, node)

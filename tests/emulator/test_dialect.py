@@ -83,7 +83,7 @@ def test_every_construct_taken_names_its_evidence() -> None:
             _query(
                 filter={"op": "and", "left": _cmp("gt", "_xact_id", X), "right": {"btql": "a = 1"}}
             ),
-            "btql text as an operand of a binary and/or",
+            "btql text under and",
         ),
         (
             _query(sort=[{"expr": _ident("_xact_id"), "dir": "asc"}], cursor="c"),
