@@ -42,10 +42,15 @@ class ManualClock:
 
 
 @contextmanager
-def demo_before_a_run(clock: ManualClock, *, report_freshness: bool = True) -> Iterator[Emulator]:
+def demo_before_a_run(
+    clock: ManualClock, *, report_freshness: bool = True, sorted_cursor: bool = True
+) -> Iterator[Emulator]:
     """An emulator with the demo data written a day ago, and a little activity just now."""
     with running_emulator(
-        api_key=API_KEY, clock=clock, report_freshness=report_freshness
+        api_key=API_KEY,
+        clock=clock,
+        report_freshness=report_freshness,
+        sorted_cursor=sorted_cursor,
     ) as emulator:
         emulator.load_demo(seed=7)
         clock.advance(DAY)
