@@ -157,6 +157,18 @@ def _distinct_ids(ids: Sequence[str], what: str) -> None:
         raise ValueError(msg)
 
 
+def _check_traces(object_ids: Sequence[str], root_span_ids: Sequence[str] | None) -> None:
+    _distinct_ids(object_ids, "object ids")
+    if root_span_ids is not None:
+        _in("root_span_id", root_span_ids)  # checks the count
+
+
+def _describe_traces(root_span_ids: Sequence[str] | None) -> str:
+    if root_span_ids is None:
+        return "every trace"
+    return f"{len(root_span_ids)} traces written since the last run"
+
+
 def pagination_key_of(row: Mapping[str, Any]) -> str:
     """A row's `_pagination_key`, which keyset paging continues from."""
     key = row.get("_pagination_key")
@@ -428,9 +440,7 @@ class TraceSpansQuery:
 
     def __post_init__(self) -> None:
         """Refuse values that cannot make a meaningful query."""
-        _distinct_ids(self.object_ids, "object ids")
-        if self.root_span_ids is not None:
-            _in("root_span_id", self.root_span_ids)  # checks the count
+        _check_traces(self.object_ids, self.root_span_ids)
 
     def body(self, after: str | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:
         """The `/btql` request body for the page after the `_pagination_key` `after`."""
@@ -449,11 +459,7 @@ class TraceSpansQuery:
 
     def describe(self) -> str:
         """The query in words, for logs and error messages."""
-        traces = (
-            "every trace"
-            if self.root_span_ids is None
-            else f"{len(self.root_span_ids)} traces written since the last run"
-        )
+        traces = _describe_traces(self.root_span_ids)
         matching = "" if self.user_filter is None else f", spans matching ({self.user_filter})"
         return (
             f"{_describe_select(self.columns)}{self.source}({_named(self.object_ids)}): "
@@ -488,10 +494,8 @@ class SummaryQuery:
 
     def __post_init__(self) -> None:
         """Refuse values that cannot make a meaningful query."""
-        _distinct_ids(self.object_ids, "object ids")
-        if self.root_span_ids is not None:
-            _in("root_span_id", self.root_span_ids)  # checks the count
-        elif self.by_remaining_roots:
+        _check_traces(self.object_ids, self.root_span_ids)
+        if self.root_span_ids is None and self.by_remaining_roots:
             msg = "paging by remaining roots needs the root ids"
             raise ValueError(msg)
 
@@ -542,11 +546,7 @@ class SummaryQuery:
 
     def describe(self) -> str:
         """The query in words, for logs and error messages."""
-        traces = (
-            "every trace"
-            if self.root_span_ids is None
-            else f"{len(self.root_span_ids)} traces written since the last run"
-        )
+        traces = _describe_traces(self.root_span_ids)
         matching = (
             "" if self.user_filter is None else f" that have a span matching ({self.user_filter})"
         )
