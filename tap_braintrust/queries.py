@@ -429,6 +429,9 @@ class TraceSpansQuery:
         root_span_ids: the traces (at most `MAX_IDS_PER_LIST`); None: every trace.
         user_filter: a BTQL expression, sent as written.
         columns: the fields of each row to return (None: all).
+        through: only spans written up to this `_xact_id` (None: all), so a read of traces
+            written all the while still ends; later spans are above the watermarks, so the
+            next run reads their traces again.
     """
 
     source: RowSource
@@ -436,6 +439,7 @@ class TraceSpansQuery:
     root_span_ids: tuple[str, ...] | None = None
     user_filter: str | None = None
     columns: tuple[FieldPath, ...] | None = None
+    through: int | None = None
     paging = "keyset on _pagination_key, sorted, no server cursor"
 
     def __post_init__(self) -> None:
@@ -446,6 +450,7 @@ class TraceSpansQuery:
         """The `/btql` request body for the page after the `_pagination_key` `after`."""
         condition = _all(
             None if self.root_span_ids is None else _in("root_span_id", self.root_span_ids),
+            None if self.through is None else _compare("le", "_xact_id", str(self.through)),
             None if after is None else _compare("gt", "_pagination_key", after),
             _user_filter(self.user_filter),
         )

@@ -587,6 +587,8 @@ class TraceStream(CustomRowStream):
         self.summaries = spec.shape == "summary"
         super().__init__(tap, transport, objects, spec)
         self._roots_per_query = MAX_IDS_PER_LIST
+        self._until: int | None = None
+        """The `_xact_id` whole-trace reads go up to (None: no end)."""
         self._preview_length = FULL_PREVIEWS
         self._maybe_cut = 0
 
@@ -603,6 +605,18 @@ class TraceStream(CustomRowStream):
             changed[read.bound.object_id, _root_of(row)] = None
         in_query = {read.bound.object_id: read for read in group}
         every_trace = all(read.bound.start == (0, "") for read in group)
+        # Spans written after the highest new watermark come again next run.
+        self._until = (
+            max(
+                (
+                    progress.watermark(read.watermark)
+                    for part, progress in finished
+                    for read in part
+                ),
+                default=0,
+            )
+            or None
+        )
         for row in self._traces(tuple(in_query), list(changed), every_trace=every_trace):
             self._routed(row, in_query)
             yield row
@@ -641,7 +655,9 @@ class TraceStream(CustomRowStream):
             changed = list(self._matching(object_ids, changed, every_trace=every_trace))
         elif every_trace:
             yield from self._spans(
-                TraceSpansQuery(self.source, object_ids, columns=self._read_columns)
+                TraceSpansQuery(
+                    self.source, object_ids, columns=self._read_columns, through=self._until
+                )
             )
             return
         yield from self._by_roots(changed, self._whole_traces)
@@ -653,7 +669,9 @@ class TraceStream(CustomRowStream):
         columns = ((self.parent_key,), ("root_span_id",), ("id",), ("_pagination_key",))
 
         def matching(objects: tuple[str, ...], roots: tuple[str, ...] | None, after: Any) -> Any:
-            query = TraceSpansQuery(self.source, objects, roots, self.row_filter, columns)
+            query = TraceSpansQuery(
+                self.source, objects, roots, self.row_filter, columns, self._until
+            )
             return self._spans(query, after)
 
         rows = (
@@ -665,7 +683,8 @@ class TraceStream(CustomRowStream):
         self, objects: tuple[str, ...], roots: tuple[str, ...] | None, after: Any
     ) -> Iterator[dict[str, Any]]:
         return self._spans(
-            TraceSpansQuery(self.source, objects, roots, None, self._read_columns), after
+            TraceSpansQuery(self.source, objects, roots, None, self._read_columns, self._until),
+            after,
         )
 
     def _spans(self, query: TraceSpansQuery, after: Any = None) -> Iterator[dict[str, Any]]:
