@@ -255,7 +255,7 @@ class ChangePosition:
         xact_id: the last row's `_xact_id`.
         pagination_key: the last row's `_pagination_key`.
         through: the highest `_xact_id` the read goes to, fixed after its first page, so a
-            read of an object written all the while still ends.
+            read of an object written all the while still ends (see `RowsQuery.end`).
     """
 
     xact_id: int
@@ -345,8 +345,8 @@ class RowsQuery:
     objects: tuple[ObjectBound, ...]
     user_filter: str | None = None
     columns: tuple[FieldPath, ...] | None = None
-    ends_by: int = field(default_factory=lambda: xact_at(time.time()), compare=False)
-    """Where the read ends when the server reports no freshness: now, by this clock."""
+    ends_by: int = field(default_factory=lambda: xact_at(time.time() - 1), compare=False)
+    """The last second before the read began, by this clock: it ends no earlier."""
     paging = "keyset on (_xact_id, _pagination_key), sorted, no server cursor"
 
     def __post_init__(self) -> None:
@@ -382,18 +382,17 @@ class RowsQuery:
     def next_after(self, after: ChangePosition | None, page: Page) -> ChangePosition | None:
         """After the page's last row; None after an empty page, the end.
 
-        The read goes up to what the first page's server freshness says is visible (the
-        client's clock when it says nothing): later writes wait for the next run.
+        The read goes up to the later of when it began (this clock) and what its first page
+        says the server has made visible: writes after both wait for the next run.
         """
         if not page.rows:
             return None
-        if after is not None:
-            through = after.through
-        elif page.last_processed_xact_id is not None:
-            through = page.last_processed_xact_id
-        else:
-            through = self.ends_by
+        through = after.through if after else self.end(page.last_processed_xact_id)
         return ChangePosition(*row_keys(page.rows[-1]), through)
+
+    def end(self, visible_xact_id: int | None) -> int:
+        """The last `_xact_id` the read goes to, given what the server says is visible."""
+        return max(visible_xact_id or 0, self.ends_by)
 
     def describe(self) -> str:
         """The query in SQL-like words, for logs and error messages.

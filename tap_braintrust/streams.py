@@ -353,7 +353,7 @@ class EventStream(BtqlStream):
         after = (
             None
             if position is None
-            else ChangePosition(*position, progress.visible_xact_id or query.ends_by)
+            else ChangePosition(*position, query.end(progress.visible_xact_id))
         )
         try:
             for page in self.query_pages(query, after):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
+from tap_braintrust.incremental import xact_at
 from tap_braintrust.queries import (
     ChangePosition,
     ObjectBound,
@@ -119,17 +121,19 @@ def test_the_keyset_keeps_exactly_the_rows_after_the_position() -> None:
     assert kept == [row for row in rows if (X, "p00000000000000000042") < row <= (X + 9, "p~")]
 
 
-def test_a_read_ends_where_its_first_page_said_writes_were_visible() -> None:
+def test_a_read_ends_at_the_later_of_its_start_and_its_first_pages_freshness() -> None:
     query = _query("project_logs", PROJECT_ID)
     row = {"id": "r", "_xact_id": str(X), "_pagination_key": "p00000000000000000001"}
 
-    first = query.next_after(None, _Page([row], freshness=X + 5))
-    assert first == ChangePosition(X, "p00000000000000000001", X + 5)
-    # Later pages do not move the end; without freshness it is when the read began.
-    assert query.next_after(first, _Page([row], freshness=X + 99)) == first
-    assert query.next_after(None, _Page([row])) == ChangePosition(
-        X, "p00000000000000000001", query.ends_by
-    )
+    ahead = xact_at(time.time() + 3600)  # a server whose clock is an hour ahead of ours
+    first = query.next_after(None, _Page([row], freshness=ahead))
+    assert first == ChangePosition(X, "p00000000000000000001", ahead)
+    # Later pages do not move the end; it is never before the read began, by our clock.
+    assert query.next_after(first, _Page([row], freshness=ahead + 99)) == first
+    for freshness in (None, X):
+        assert query.next_after(None, _Page([row], freshness=freshness)) == ChangePosition(
+            X, "p00000000000000000001", query.ends_by
+        )
 
 
 def test_start_date_is_normalised_and_joined_with_and() -> None:

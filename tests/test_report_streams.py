@@ -137,7 +137,9 @@ def test_a_report_with_a_limit_stops_at_it(
     run = run_custom(run_tap, emu, [{"name": "some", "sql": sql}])
     newest = [row["id"] for row in emu.store.rows("project_logs", project)][:50]
     assert [r["id"] for r in run.records("some")] == newest
-    assert len(btql_requests(emu)) == 2  # two short pages make the 50 rows; no third
+    # One page holds the 50 rows; the next, asked for ahead, may or may not have gone out
+    # before the run ended, and none after it.
+    assert len(btql_requests(emu)) in {1, 2}
 
 
 def test_a_full_page_without_a_cursor_stops_the_run_and_activates_nothing(
