@@ -330,14 +330,6 @@ class _RawAnswer(msgspec.Struct):
 
 _RAW_ANSWER = msgspec.json.Decoder(_RawAnswer)
 
-_QUERY_KINDS = {
-    "RowsQuery": "reads of rows written since the watermark",
-    "TraceSpansQuery": "reads of whole traces",
-    "SummaryQuery": "reads of trace summaries",
-    "ReportQuery": "reports",
-}
-"""Each kind of query, in words, for the log line saying how it pages."""
-
 
 class Prefetch:
     """One page fetched in a background thread while the caller works on the previous one.
@@ -474,9 +466,7 @@ class BtqlStream(BraintrustStream):
     def _say_paging(self, query: PagedQuery[Any]) -> None:
         """Log, once per run and kind of query, how it pages."""
         self.transport.say_once(
-            f"{type(query).__name__}: {query.paging}",
-            f"{self.name}: {_QUERY_KINDS.get(type(query).__name__, 'queries')} page by "
-            f"{query.paging}",
+            f"{query.kind}: {query.paging}", f"{self.name}: {query.kind} page by {query.paging}"
         )
 
     def _fetch_page(

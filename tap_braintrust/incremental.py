@@ -60,7 +60,7 @@ def shared_starts(starts: list[int]) -> dict[int, int]:
     shared: dict[int, int] = {}
     low: int | None = None
     for start in sorted(set(starts)):
-        if low is None or not low or lookback(start, SHARED_START_SECONDS) > low:
+        if not low or lookback(start, SHARED_START_SECONDS) > low:
             low = start
         shared[start] = low
     return shared

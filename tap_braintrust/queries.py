@@ -216,6 +216,11 @@ class PagedQuery(Protocol[After]):
     """A `/btql` query read page by page, each page starting where the last one ended."""
 
     @property
+    def kind(self) -> str:
+        """What it reads, in words, for the log."""
+        ...
+
+    @property
     def paging(self) -> str:
         """How it pages, in words, for the log."""
         ...
@@ -231,16 +236,6 @@ class PagedQuery(Protocol[After]):
     def describe(self) -> str:
         """The query in words, for logs and error messages."""
         ...
-
-
-class CursorPaged:
-    """Paging by the server's cursor; the end is a page without one."""
-
-    paging = "the server cursor, unsorted"
-
-    def next_after(self, after: str | None, page: Page) -> str | None:  # noqa: ARG002
-        """The page's cursor."""
-        return page.cursor
 
 
 @dataclass(frozen=True)
@@ -347,6 +342,7 @@ class RowsQuery:
     columns: tuple[FieldPath, ...] | None = None
     ends_by: int = field(default_factory=lambda: xact_at(time.time() - 1), compare=False)
     """The last second before the read began, by this clock: it ends no earlier."""
+    kind = "reads of rows written since the watermark"
     paging = "keyset on (_xact_id, _pagination_key), sorted, no server cursor"
 
     def __post_init__(self) -> None:
@@ -439,6 +435,7 @@ class TraceSpansQuery:
     user_filter: str | None = None
     columns: tuple[FieldPath, ...] | None = None
     through: int | None = None
+    kind = "reads of whole traces"
     paging = "keyset on _pagination_key, sorted, no server cursor"
 
     def __post_init__(self) -> None:
@@ -495,6 +492,7 @@ class SummaryQuery:
     user_filter: str | None = None
     preview_length: int = FULL_PREVIEWS
     by_remaining_roots: bool = False
+    kind = "reads of trace summaries"
 
     def __post_init__(self) -> None:
         """Refuse values that cannot make a meaningful query."""
@@ -508,7 +506,7 @@ class SummaryQuery:
         """How it pages, in words."""
         if self.by_remaining_roots:
             return "the traces not yet answered, unsorted, no server cursor"
-        return CursorPaged.paging
+        return "the server cursor, unsorted"
 
     def body(
         self, after: str | frozenset[str] | None, limit: int = MAX_PAGE_SIZE
@@ -536,7 +534,7 @@ class SummaryQuery:
         if not page.rows:
             return None
         answered = set(after) if isinstance(after, frozenset) else set()
-        new = {summary_root(row) for row in page.rows} - answered
+        new = {root_of(row) for row in page.rows} - answered
         if not new:
             msg = (
                 f"Braintrust answered {self.describe()} with summaries of traces it had "
@@ -557,13 +555,13 @@ class SummaryQuery:
         return f"{self.source}({_named(self.object_ids)}, shape => 'summary'): {traces}{matching}"
 
 
-def summary_root(row: Mapping[str, Any]) -> str:
-    """The trace a summary row stands for: its `root_span_id`, else its `id` (contract)."""
+def root_of(row: Mapping[str, Any]) -> str:
+    """The trace a span or summary row belongs to: its `root_span_id`, else its own `id`."""
     return str(row.get("root_span_id") or row.get("id"))
 
 
 @dataclass(frozen=True)
-class ReportQuery(CursorPaged):
+class ReportQuery:
     """A user's SQL report, paged (when the server gives a cursor) by `OFFSET '<cursor>'`.
 
     Attributes:
@@ -573,6 +571,7 @@ class ReportQuery(CursorPaged):
 
     sql: str
     tz_offset: int | None = None
+    kind = "reports"
     paging = "the server cursor as OFFSET, in the report's own order"
 
     def body(self, after: str | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:  # noqa: ARG002 - the SQL sets its own LIMIT
@@ -583,6 +582,10 @@ class ReportQuery(CursorPaged):
         text = self.sql if after is None else f"{self.sql}\nOFFSET {sql_string(after)}"
         options = {} if self.tz_offset is None else {"tz_offset": self.tz_offset}
         return _request(text, **options)
+
+    def next_after(self, after: str | None, page: Page) -> str | None:  # noqa: ARG002
+        """The page's cursor; None at the end."""
+        return page.cursor
 
     def describe(self) -> str:
         """The report's SQL on one line, for logs and error messages."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -37,8 +37,8 @@ from tap_braintrust.queries import (
     SummaryQuery,
     TraceSpansQuery,
     pagination_key_of,
+    root_of,
     row_keys,
-    summary_root,
 )
 from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
 from tap_braintrust.transport import GroupTooBigError, QueryRefusedError
@@ -290,15 +290,7 @@ class EventStream(BtqlStream):
         """
         lowest = shared_starts([read.bound.after_xact_id for read in reads])
         moved = [
-            _ObjectRead(
-                ObjectBound(
-                    read.bound.object_id,
-                    lowest[read.bound.after_xact_id],
-                    read.bound.created_since,
-                ),
-                read.watermark,
-                read.state,
-            )
+            replace(read, bound=replace(read.bound, after_xact_id=lowest[read.bound.after_xact_id]))
             for read in reads
         ]
         return sorted(moved, key=lambda read: (read.bound.start, read.bound.object_id))
@@ -602,7 +594,7 @@ class TraceStream(CustomRowStream):
         finished: list[_Finished] = []
         changed: dict[RootPair, None] = {}  # an ordered set
         for read, row, _ in self._changes(self._discovery, group, finished):
-            changed[read.bound.object_id, _root_of(row)] = None
+            changed[read.bound.object_id, root_of(row)] = None
         in_query = {read.bound.object_id: read for read in group}
         every_trace = all(read.bound.start == (0, "") for read in group)
         # Spans written after the highest new watermark come again next run.
@@ -677,7 +669,7 @@ class TraceStream(CustomRowStream):
         rows = (
             matching(object_ids, None, None) if every_trace else self._by_roots(changed, matching)
         )
-        yield from dict.fromkeys((str(row.get(self.parent_key)), _root_of(row)) for row in rows)
+        yield from dict.fromkeys((str(row.get(self.parent_key)), root_of(row)) for row in rows)
 
     def _whole_traces(
         self, objects: tuple[str, ...], roots: tuple[str, ...] | None, after: Any
@@ -753,7 +745,7 @@ class TraceStream(CustomRowStream):
         try:
             for row in read(objects, roots, after):
                 if self.summaries:
-                    answered.add(summary_root(row))
+                    answered.add(root_of(row))
                 else:
                     after = pagination_key_of(row)
                 yield row
@@ -777,11 +769,6 @@ class TraceStream(CustomRowStream):
                     for name in _SUMMARY_PREVIEWS
                 )
         return super().post_process(row, context)
-
-
-def _root_of(row: Mapping[str, Any]) -> str:
-    """The trace a span belongs to: its `root_span_id`, else its own id (a root)."""
-    return str(row.get("root_span_id") or row.get("id"))
 
 
 class ReportStream(BtqlStream):

@@ -66,8 +66,9 @@ PAGE_TOO_BIG_STATUSES = frozenset(
     {HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.BAD_GATEWAY, HTTPStatus.GATEWAY_TIMEOUT}
 )
 GROUP_TRIES = 3
-"""Tries of a page that names several objects or traces before the query is split in two:
-a query too wide for the server's time budget fails the same way at every page size."""
+"""Tries in a row that fail with a 5xx or no answer before a query naming several objects
+or traces is split in two: a query too wide for the server's time budget fails the same way
+at every page size."""
 OVERFLOW_PATH = "/btql"
 """The one endpoint whose `303 See Other` is followed: Braintrust's large-result redirect."""
 # Where the object store may keep a redirected page's cursor (the Ruby SDK reads the dash form).
