@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, get_args
 
-from tests.emulator.server import Emulator, OverflowCursor
+from tests.emulator.server import DeletedSources, Emulator, OverflowCursor
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -63,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="answer as the 2025 BTQL reference reads: no cursor on a sorted query",
     )
+    parser.add_argument(
+        "--deleted-sources",
+        choices=get_args(DeletedSources),
+        default="forbidden",
+        help="how /btql answers a source naming a deleted object: 403, 400, or without its rows",
+    )
+    parser.add_argument(
+        "--no-pinned-counts",
+        dest="pinned_counts",
+        action="store_false",
+        help="answer 400 to a query with both a version and an aggregate",
+    )
     args = parser.parse_args(argv)
     stopping = threading.Event()
 
@@ -81,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         btql_rate_limit=args.btql_rate_limit,
         strict=not args.lenient,
         sorted_cursor=not args.reference_2025,
+        deleted_sources=args.deleted_sources,
+        pinned_counts=args.pinned_counts,
     )
     with emulator:
         if args.demo:

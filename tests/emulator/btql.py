@@ -1047,6 +1047,17 @@ def parse_query(query: str | Mapping[str, Any]) -> Query:
     return parser.btql_query()
 
 
+def is_sql(query: Any) -> bool:
+    """Whether a ``/btql`` query is SQL text (what a data plane without SQL support refuses)."""
+    if not isinstance(query, str) or not query.strip():
+        return False
+    try:
+        parser = _Parser(query)
+    except BTQLError:
+        return False
+    return parser.at("select") and not parser.at(":", ahead=1)
+
+
 def parse_expression(text: str) -> Expr:
     """Parse one BTQL expression, as in a ``filter:`` clause or a JSON ``{"btql": ...}`` node.
 

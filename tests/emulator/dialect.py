@@ -37,6 +37,12 @@ EVIDENCED: dict[str, Construct] = {
     "body use_columnstore": Construct("RECORDED", "#4: py-cassette (sent with false)"),
     "body tz_offset": Construct("DOCUMENTED", "#5: sql-ref-2026 parameter list"),
     "body version": Construct("OFFICIAL-CLIENT", "R1: py-sdk ObjectFetcher._refetch"),
+    "version on one object": Construct(
+        "OFFICIAL-CLIENT",
+        "R1: py-sdk ObjectFetcher._refetch, js-sdk fetchRecordsFromApi, rb-sdk datasets.rb "
+        "(one object each); sql-ref-2026 (experiment and dataset); KB "
+        "recovering-deleted-experiment-rows. R2 (several ids) has no evidence: refused",
+    ),
     "body api_version": Construct(
         "OFFICIAL-CLIENT", "braintrust SDK 0.47.0 sends it (tests/test_sdk_fidelity.py)"
     ),
@@ -45,6 +51,13 @@ EVIDENCED: dict[str, Construct] = {
     "SQL text": Construct("RECORDED", "#2: java-cassettes; #27 the user's SQL, sent as written"),
     "OFFSET cursor on a line of its own": Construct(
         "DOCUMENTED", "#28: sql-ref-2026 (string-literal cursor); bt README.md `bt sql`"
+    ),
+    # Not checked (SQL text is taken as written): the evidence of the tap's own count query.
+    "SQL count grouped by the object id": Construct(
+        "DOCUMENTED",
+        "R3: KB aggregate-scores (`FROM experiment('id1','id2','id3') ... GROUP BY "
+        "experiment_id`); btql-ref-2025; an aggregate without GROUP BY is RECORDED "
+        "(java-cassettes btql-16c41b2ba2cc)",
     ),
     # AST keys.
     "AST select": Construct("RECORDED", "#9, #10: py-cassette, rb-cassettes"),
@@ -89,8 +102,15 @@ EVIDENCED: dict[str, Construct] = {
         "OFFICIAL-CLIENT",
         "migrate streaming_utils.py build_btql_sorted_page_query; contract 3.6",
     ),
-    "in with an array literal of 1..100 strings": Construct(
-        "OFFICIAL-CLIENT", "#20: bt pipeline.rs root_span_id_filter, ROOT_FETCH_CHUNK_SIZE 100"
+    "in on root_span_id with an array literal of 1..100 strings": Construct(
+        "OFFICIAL-CLIENT",
+        "#20: bt pipeline.rs root_span_id_filter, ROOT_FETCH_CHUNK_SIZE 100; py-sdk trace.py",
+    ),
+    "in on id with an array literal of 1..100 strings": Construct(
+        "OFFICIAL-CLIENT",
+        "#16, #20: the `in` node with an array literal bt root_span_id_filter and py-sdk/js-sdk "
+        "SpanFetcher send (there on root_span_id; no client is seen sending it on `id`); "
+        "ast-schema comparisonExprSchema takes any field",
     ),
     "and/or with children": Construct(
         "OFFICIAL-CLIENT", "#19: py-sdk trace.py, js-sdk trace.ts, bt pipeline.rs"
@@ -128,12 +148,25 @@ class NotEvidenced(ValueError):  # noqa: N818 - reads as what it says
 def check(body: Mapping[str, Any]) -> None:
     """Refuse a `/btql` body with any construct not in `EVIDENCED`, naming it."""
     for construct in constructs(body):
-        if construct not in EVIDENCED:
-            msg = (
-                f"{construct}: not in the evidenced dialect (tests/emulator/dialect.py, "
-                "query-evidence.md)"
-            )
-            raise NotEvidenced(msg)
+        _check(construct)
+
+
+def check_version(object_ids: int) -> None:
+    """Refuse a pinned `version` over several objects (R2); for SQL text, once parsed."""
+    _check(_version(object_ids))
+
+
+def _check(construct: str) -> None:
+    if construct not in EVIDENCED:
+        msg = (
+            f"{construct}: not in the evidenced dialect (tests/emulator/dialect.py, "
+            "query-evidence.md)"
+        )
+        raise NotEvidenced(msg)
+
+
+def _version(object_ids: int) -> str:
+    return "version on one object" if object_ids == 1 else f"version on {object_ids} objects"
 
 
 def constructs(body: Mapping[str, Any]) -> Iterator[str]:
@@ -151,6 +184,9 @@ def constructs(body: Mapping[str, Any]) -> Iterator[str]:
             yield "OFFSET cursor on a line of its own" if offset.group(1) else "OFFSET inline"
     elif isinstance(query, Mapping):
         yield from _ast(query)
+        source = query.get("from")
+        if body.get("version") is not None and isinstance(source, Mapping):
+            yield _version(len(source.get("args") or []))
 
 
 def _ast(query: Mapping[str, Any]) -> Iterator[str]:
@@ -288,4 +324,4 @@ def _in(node: Mapping[str, Any]) -> str:
         return "in with non-string values"
     if not 1 <= len(values) <= _MAX_LIST:
         return f"in with an array literal of {len(values)} values"
-    return "in with an array literal of 1..100 strings"
+    return f"in on {'.'.join(left['name'])} with an array literal of 1..100 strings"  # type: ignore[index]

@@ -7,10 +7,12 @@ import threading
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-FaultKind = Literal["status", "drop", "slow", "truncate", "garbage"]
+FaultKind = Literal["status", "drop", "slow", "truncate", "garbage", "delete"]
 """status: an HTTP error (optionally with Retry-After); drop: close the connection unanswered;
 slow: sleep `delay`, then answer normally; truncate: a 200 whose body stops half-way;
-garbage: a 200 whose body is not JSON."""
+garbage: a 200 whose body is not JSON; delete: answer normally, once the rule's `delete`
+object is deleted (an object deleted in the middle of a read)."""
+DeletableKind = Literal["project", "experiment", "dataset"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class FaultRule:
             query too wide for the service).
         skip: let this many matching requests through before faulting any (a failure in
             the middle of a read).
+        sql_only: only /btql requests whose query is SQL text (a data plane without SQL).
+        delete: (kind, object id) of an object to delete (`Store.delete_object`) when the
+            rule fires, before the request is answered, so that request already sees it
+            deleted. With kind "delete" the request is then answered normally and the rule
+            fires once unless `times` says otherwise; with another kind the fault follows.
     """
 
     kind: FaultKind
@@ -46,9 +53,19 @@ class FaultRule:
     min_limit: int | None = None
     min_ids: int | None = None
     skip: int = 0
+    sql_only: bool = False
+    delete: tuple[DeletableKind, str] | None = None
 
     def __post_init__(self) -> None:
         """Reject rules that could never do what they say."""
+        if self.kind == "delete" and self.delete is None:
+            msg = "a delete rule needs delete=(kind, object_id)"
+            raise ValueError(msg)
+        if self.delete is not None and (
+            len(self.delete) != 2 or self.delete[0] not in get_args(DeletableKind)
+        ):
+            msg = f"delete must be (kind, object_id) with kind in {get_args(DeletableKind)}"
+            raise ValueError(msg)
         if self.kind not in get_args(FaultKind):
             msg = f"unknown fault kind {self.kind!r}; expected one of {get_args(FaultKind)}"
             raise ValueError(msg)
@@ -68,9 +85,11 @@ class FaultRule:
             msg = "times must be at least 1 (or None for every request)"
             raise ValueError(msg)
 
-    def matches(self, path: str, limit: int | None, ids: int | None = None) -> bool:
-        """Whether a request to `path` (a /btql page of `limit` rows, naming `ids` objects)
-        is a candidate."""
+    def matches(
+        self, path: str, limit: int | None, ids: int | None = None, *, sql: bool = False
+    ) -> bool:
+        """Whether a request to `path` (a /btql page of `limit` rows, naming `ids` objects,
+        `sql` if its query is SQL text) is a candidate."""
         if (
             self.path is not None
             and path != self.path
@@ -78,6 +97,8 @@ class FaultRule:
         ):
             return False
         if self.min_ids is not None and (ids is None or ids < self.min_ids):
+            return False
+        if self.sql_only and not sql:
             return False
         return self.min_limit is None or (limit is not None and limit > self.min_limit)
 
@@ -112,16 +133,19 @@ class FaultInjector:
         with self._lock:
             return self._fired.get(id(rule), 0)
 
-    def pick(self, path: str, limit: int | None, ids: int | None = None) -> FaultRule | None:
+    def pick(
+        self, path: str, limit: int | None, ids: int | None = None, *, sql: bool = False
+    ) -> FaultRule | None:
         """The rule that faults this request, if any, counting it against its `times`."""
         with self._lock:
             for rule in self._rules:
-                if not rule.matches(path, limit, ids):
+                if not rule.matches(path, limit, ids, sql=sql):
                     continue
                 if self._skipped.get(id(rule), 0) < rule.skip:
                     self._skipped[id(rule)] = self._skipped.get(id(rule), 0) + 1
                     continue
-                if rule.times is not None and self._fired[id(rule)] >= rule.times:
+                times = 1 if rule.times is None and rule.kind == "delete" else rule.times
+                if times is not None and self._fired[id(rule)] >= times:
                     continue
                 if rule.probability < 1.0 and self._random.random() >= rule.probability:
                     continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import gzip
 import hmac
 import json
@@ -30,7 +31,7 @@ from datetime import datetime, timezone
 from email.utils import formatdate
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 from urllib.parse import parse_qs, urlsplit
 
 from tests.emulator import dialect
@@ -44,6 +45,7 @@ from tests.emulator.btql import (
     aggregate_rows,
     constrained_fields,
     evaluate,
+    is_sql,
     matches,
     parse_query,
     sort_rows,
@@ -54,7 +56,6 @@ from tests.emulator.generator import Demo, generate_demo
 from tests.emulator.store import (
     FIELD_SCHEMAS,
     OWNER_KIND,
-    ROW_FIELDS,
     ROW_SOURCES,
     ObjectKind,
     Order,
@@ -108,6 +109,8 @@ Host = Literal["api", "object_store"]
 """Which of the emulator's servers a request reached (`LoggedRequest.host`)."""
 OverflowCursor = Literal["body", "header", "meta_underscore", "meta_dash"]
 """Where a redirected /btql answer carries its cursor (see `Emulator`)."""
+DeletedSources = Literal["forbidden", "refused", "missing"]
+"""How /btql answers a source naming a deleted object (see `Emulator`)."""
 OBJECT_STORE_BUCKET = "bt-overflow"
 """The object store's only bucket: `FaultRule(path="/bt-overflow")` targets its requests."""
 _META_CURSOR_HEADERS: dict[OverflowCursor, str] = {
@@ -223,15 +226,25 @@ class Request:
         except ApiError:
             return None
 
+    def btql_sql(self) -> bool:
+        """Whether this is a /btql request whose query is SQL text (for `sql_only` faults)."""
+        body = self._json
+        return self.path == "/btql" and isinstance(body, dict) and is_sql(body.get("query"))
+
     def btql_limit(self) -> int | None:
-        """The page size a /btql request asks for (for `min_limit` faults); None if unparsable."""
+        """The page size a /btql request asks for (for `min_limit` faults); None if unparsable.
+
+        An aggregate (a count) answers a row per group, never a big page: None too.
+        """
         if self.path != "/btql":
             return None
         try:
-            limit = self.btql_query().limit
+            query = self.btql_query()
         except ApiError:
             return None
-        return MAX_LIMIT if limit is None else limit
+        if query.aggregate:
+            return None
+        return MAX_LIMIT if query.limit is None else query.limit
 
 
 def _json_bytes(payload: Any) -> bytes:
@@ -263,6 +276,14 @@ def error_response(
 ) -> Response:
     """An error answer in the service's shape: `{"Message": ...}`."""
     return json_response({"Message": message}, status, headers)
+
+
+def forbidden(what: str) -> ApiError:
+    """The 403 of an object the caller cannot read: another org's, unknown (/btql) or deleted.
+
+    One message for all, as the service does not tell a deleted object from lost access.
+    """
+    return ApiError(403, f"ForbiddenError: Missing read access to {what}")
 
 
 def _encode_cursor(order: Order, key: tuple[int, ...], scope: str = "") -> str:
@@ -374,6 +395,11 @@ class Emulator:
             with a sort is a 400.
         full_summary_previews: False answers 400 to `preview_length: -1` on the summary
             shape (no client is known to send it there).
+        deleted_sources: how /btql answers a source naming a deleted object (see
+            `Store.delete_object`): "forbidden" (403 for the whole query, as for lost access),
+            "refused" (400 naming the id) or "missing" (answered without its rows).
+        pinned_counts: False answers 400 to a query with both a `version` and an aggregate
+            (the service's support for a count at a pinned version is unproven).
     """
 
     def __init__(  # noqa: PLR0913
@@ -395,6 +421,8 @@ class Emulator:
         strict: bool = True,
         sorted_cursor: bool = True,
         full_summary_previews: bool = True,
+        deleted_sources: DeletedSources = "forbidden",
+        pinned_counts: bool = True,
     ) -> None:
         """Configure; nothing listens until `start()`.
 
@@ -408,6 +436,9 @@ class Emulator:
         if overflow_cursor not in {"body", "header", *_META_CURSOR_HEADERS}:
             msg = f"unknown overflow_cursor {overflow_cursor!r}"
             raise ValueError(msg)
+        if deleted_sources not in get_args(DeletedSources):
+            msg = f"unknown deleted_sources {deleted_sources!r}"
+            raise ValueError(msg)
         self.api_key = api_key
         self.report_freshness = report_freshness
         self.page_byte_budget = page_byte_budget
@@ -419,6 +450,8 @@ class Emulator:
         self.strict = strict
         self.sorted_cursor = sorted_cursor
         self.full_summary_previews = full_summary_previews
+        self.deleted_sources: DeletedSources = deleted_sources
+        self.pinned_counts = pinned_counts
         self._btql_limiter = None if btql_rate_limit is None else RateLimiter(*btql_rate_limit)
         self.store = Store(clock)
         self.default_org = self.store.add_org(org_name)
@@ -597,12 +630,15 @@ class Emulator:
     def _readable(
         self, kind: ObjectKind, object_id: str, org_ids: frozenset[str]
     ) -> dict[str, Any]:
-        """An object the caller may read: 404 if unknown, 403 if it belongs to another org."""
+        """An object the caller may read: 404 if unknown, 403 if another org's or deleted."""
         obj = self.store.get_object(kind, object_id)
         if obj is None:
             raise ApiError(404, f"{kind} {object_id!r} not found")
-        if self.store.org_id_of(kind, object_id) not in org_ids:
-            raise ApiError(403, f"Missing read access to {kind} {object_id!r}")
+        if self.store.org_id_of(kind, object_id) not in org_ids or self.store.is_deleted(
+            kind, object_id
+        ):
+            what = f"{kind} {object_id!r}"
+            raise forbidden(what)
         return obj
 
     def _login(self, request: Request) -> Response:
@@ -717,12 +753,13 @@ class Emulator:
             raise ApiError(400, "fmt 'parquet' is not supported by the emulator")
         if fmt not in {"json", "jsonl"}:
             raise ApiError(400, f"fmt must be json, jsonl or parquet, got {fmt!r}")
-        query = self._dialect_query(request, body)
-        self._check_sources(query, org_ids)
+        query = self._live_sources(self._dialect_query(request, body), org_ids)
         as_of = None
         if body.get("version") is not None:
             if query.source == "project_logs":
                 raise ApiError(400, "version is not supported for project_logs")
+            if query.aggregate and not self.pinned_counts:
+                raise ApiError(400, "version is not supported for aggregate queries")
             as_of = _xact_param(body["version"], "version")
         tz_offset = _tz_offset(body)
         limit = self._page_limit(query.limit)
@@ -751,6 +788,11 @@ class Emulator:
             except dialect.NotEvidenced as exc:
                 raise ApiError(400, str(exc)) from exc
         query = request.btql_query()
+        if self.strict and body.get("version") is not None:
+            try:  # SQL text names its objects only once parsed
+                dialect.check_version(len(query.object_ids))
+            except dialect.NotEvidenced as exc:
+                raise ApiError(400, str(exc)) from exc
         if (
             query.shape == "summary"
             and query.preview_length == -1
@@ -820,16 +862,28 @@ class Emulator:
             headers=headers,
         )
 
-    def _check_sources(self, query: Query, org_ids: frozenset[str]) -> None:
-        """403 unless every object the query reads exists in one of the caller's orgs."""
+    def _live_sources(self, query: Query, org_ids: frozenset[str]) -> Query:
+        """The query, once every object it reads exists in one of the caller's orgs (or 403).
+
+        A deleted object is answered as `deleted_sources` says: 403 as for lost access, a 400
+        naming it, or left out of the query (so the answer has none of its rows).
+        """
         owner = OWNER_KIND.get(query.source, "project")  # prompts and functions live in projects
+        deleted = []
         for object_id in query.object_ids:
-            if self.store.org_id_of(owner, object_id) not in org_ids:
-                raise ApiError(
-                    403,
-                    f"Missing read access to {query.source}({object_id!r}):"
-                    " unknown or in another organization",
-                )
+            lost = self.store.org_id_of(owner, object_id) not in org_ids
+            gone = not lost and self.store.is_deleted(owner, object_id)
+            if lost or (gone and self.deleted_sources == "forbidden"):
+                what = f"{query.source}({object_id!r}): unknown, deleted or in another organization"
+                raise forbidden(what)
+            if gone and self.deleted_sources == "refused":
+                raise ApiError(400, f"{query.source}({object_id!r}) has been deleted")
+            if gone:
+                deleted.append(object_id)
+        if not deleted:
+            return query
+        live = tuple(object_id for object_id in query.object_ids if object_id not in deleted)
+        return dataclasses.replace(query, object_ids=live)
 
     def _page_limit(self, limit: int | None) -> int:
         if limit is None:
@@ -1025,15 +1079,19 @@ class Emulator:
             }
         )
 
-    @staticmethod
-    def _schema(query: Query) -> dict[str, Any]:
-        """JSON Schema of the answer's rows: the source's columns, or summary or select items."""
+    def _schema(self, query: Query) -> dict[str, Any]:
+        """JSON Schema of the answer's rows: the source's columns, or summary or select items.
+
+        A field added with `Store.add_row_field` is any JSON.
+        """
         source: RowSource = query.source  # type: ignore[assignment]
         summary = query.shape == "summary" and query.source in ROW_SOURCES
         columns = summary_schema(source, query.preview_length) if summary else FIELD_SCHEMAS
         if query.select is None:
-            names = ROW_FIELDS.get(source, ())
-            properties = columns if summary else {name: FIELD_SCHEMAS[name] for name in names}
+            names = self.store.row_fields(source) if source in ROW_SOURCES else ()
+            properties = (
+                columns if summary else {name: FIELD_SCHEMAS.get(name, {}) for name in names}
+            )
         else:
             properties = {item.alias: _item_schema(item.expr, columns) for item in query.select}
         return {"type": "array", "items": {"type": "object", "properties": properties}}
@@ -1326,7 +1384,11 @@ class _Handler(BaseHTTPRequestHandler):
             body=self.rfile.read(length) if length else b"",
         )
         emulator = self.server.emulator
-        fault = emulator.faults.pick(request.path, request.btql_limit(), request.btql_ids())
+        fault = emulator.faults.pick(
+            request.path, request.btql_limit(), request.btql_ids(), sql=request.btql_sql()
+        )
+        if fault is not None and fault.delete is not None:
+            emulator.store.delete_object(*fault.delete)  # before the answer: it sees it deleted
         response = self._answer(request, fault)
         # Logged before sending, so a client that sees the answer also sees the log entry.
         emulator.log_request(
@@ -1350,7 +1412,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, request: Request, fault: FaultRule | None) -> Response | None:
         """The answer to send given the fault, if any; None sends nothing."""
-        if fault is None or fault.kind in {"slow", "truncate"}:
+        if fault is None or fault.kind in {"slow", "truncate", "delete"}:
             if fault is not None:
                 time.sleep(fault.delay)
             return self.server.backend.handle(request)

@@ -34,6 +34,10 @@ _ROW_SOURCE: dict[ObjectKind, RowSource] = {
 OWNER_KIND: dict[str, ObjectKind] = {source: kind for kind, source in _ROW_SOURCE.items()}
 """The object whose id a row source takes (project_logs rows belong to a project)."""
 _XACT_PREFIX = 0x0DE1 << 48
+_XACT_LOW_BITS = 0xFFFFFFFFFFFF
+"""The `(unix_seconds << 16) | counter` part of an `_xact_id`, the high part of its rows' keys."""
+ROWS_PER_XACT = 1 << 16
+"""Row numbers a transaction's `_pagination_key`s have room for (16 bits)."""
 _ORG_NAMESPACE = uuid.UUID("6f1c2a4e-8d3b-4f5a-9c7e-2b1d0e3f4a5b")
 """Org and comment ids are derived from names and transactions, so a seeded store repeats."""
 
@@ -225,6 +229,20 @@ def format_pagination_key(value: int) -> str:
     return f"p{value:020d}"
 
 
+def pagination_key_of(xact_id: int | str, row_num: int) -> int:
+    """The key of the `row_num`-th row first written by a transaction (contract section 8).
+
+    `((xact_id & 0xFFFFFFFFFFFF) << 16) | row_num` = `(unix_seconds << 32) | (counter << 16) |
+    row_num`: keys follow the transaction order, so a key bound can stand for an `_xact_id`.
+    """
+    return ((int(xact_id) & _XACT_LOW_BITS) << 16) + row_num
+
+
+def last_pagination_key(xact_id: int | str) -> str:
+    """The largest key a row first written at or before `xact_id` can have."""
+    return format_pagination_key(pagination_key_of(xact_id, ROWS_PER_XACT - 1))
+
+
 def _timestamp(value: str | float | None, clock: Callable[[], float]) -> str:
     return normalize_timestamp(clock() if value is None else value)
 
@@ -277,7 +295,19 @@ class OrderedRows:
 class _Transaction:
     xact_id: int
     visible: bool
+    first_key: int = 0
+    """The key of its first new row; later new rows take the following ones."""
+    key_slots: int = ROWS_PER_XACT
+    first_writes: int = 0
     touched: set[tuple[RowSource, str, str]] = field(default_factory=set)
+
+    def next_key(self) -> int:
+        """The key of the next row this transaction writes first."""
+        if self.first_writes >= self.key_slots:
+            msg = f"transaction {self.xact_id} has no pagination key left (a store bug)"
+            raise RuntimeError(msg)
+        self.first_writes += 1
+        return self.first_key + self.first_writes - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +405,9 @@ class Store:
         self._transactions: dict[int, _Transaction] = {}
         self._unpublished: set[int] = set()
         self._last_xact_id = 0
-        self._last_pagination_key = 0
+        self._deleted: dict[tuple[ObjectKind, str], str] = {}
+        self._row_fields: dict[RowSource, tuple[str, ...]] = dict(ROW_FIELDS)
+        self._added_fields: dict[RowSource, frozenset[str]] = {s: frozenset() for s in ROW_SOURCES}
         self._ordered_cache: dict[
             tuple[RowSource, tuple[str, ...], Order], tuple[tuple[int, ...], OrderedRows]
         ] = {}
@@ -486,16 +518,49 @@ class Store:
         return dict(obj)
 
     def get_object(self, kind: ObjectKind, object_id: str) -> dict[str, Any] | None:
-        """A copy of one project, experiment or dataset, or None."""
+        """A copy of one project, experiment or dataset (deleted ones too), or None."""
         with self._lock:
             obj = self._objects[kind].get(object_id)
             return dict(obj) if obj is not None else None
 
-    def objects(self, kind: ObjectKind) -> list[dict[str, Any]]:
-        """Copies of all objects of a kind, newest `created` first (tie: id descending)."""
+    def objects(self, kind: ObjectKind, *, deleted: bool = False) -> list[dict[str, Any]]:
+        """Copies of the objects of a kind, newest `created` first (tie: id descending).
+
+        Deleted ones (and those of a deleted project) are left out, as listings leave them
+        out, unless `deleted` is true.
+        """
         with self._lock:
-            found = [dict(o) for o in self._objects[kind].values()]
+            found = [
+                dict(o)
+                for o in self._objects[kind].values()
+                if deleted or not self.is_deleted(kind, o["id"])
+            ]
         return sorted(found, key=lambda o: (o["created"], o["id"]), reverse=True)
+
+    def delete_object(self, kind: ObjectKind, object_id: str) -> None:
+        """Delete a project, experiment or dataset; a deleted project takes its children along.
+
+        The API then hides it (listings, single reads, `/btql` sources) as if access were
+        lost, as the service does; its rows stay stored. `deleted_at` is set on the object.
+        Deleting it again changes nothing.
+        """
+        with self._lock:
+            obj = self._objects[kind].get(object_id)
+            if obj is None:
+                msg = f"no {kind} {object_id!r}"
+                raise KeyError(msg)
+            if (kind, object_id) not in self._deleted:
+                obj["deleted_at"] = self._deleted[(kind, object_id)] = iso_ms(self.clock())
+
+    def is_deleted(self, kind: ObjectKind, object_id: str) -> bool:
+        """Whether an object, or the project it belongs to, was deleted with `delete_object`."""
+        with self._lock:
+            if (kind, object_id) in self._deleted:
+                return True
+            obj = self._objects[kind].get(object_id)
+            if kind == "project" or obj is None:
+                return False
+            return ("project", obj["project_id"]) in self._deleted
 
     def org_id_of(self, kind: ObjectKind, object_id: str) -> str | None:
         """The org owning an object (through its project), or None if it does not exist."""
@@ -506,6 +571,30 @@ class Store:
             if kind != "project":
                 obj = self._objects["project"][obj["project_id"]]
             return str(obj["org_id"])
+
+    # Row fields -------------------------------------------------------------------------------
+
+    def add_row_field(self, source: RowSource, name: str) -> None:
+        """Accept a new top-level field on `source` rows, as Braintrust adds fields over time.
+
+        Rows written with it carry it (also in `SELECT *`, after the usual columns); rows
+        written without it do not have the key. This store only; adding it again is a no-op.
+        """
+        with self._lock:
+            if source not in self._row_fields:
+                msg = f"no row source {source!r}; expected one of {ROW_SOURCES}"
+                raise ValueError(msg)
+            if not name or name in _STORE_OWNED:
+                msg = f"{name!r} cannot be a client-written row field"
+                raise ValueError(msg)
+            if name not in self._row_fields[source]:
+                self._row_fields[source] = (*self._row_fields[source], name)
+                self._added_fields[source] = self._added_fields[source] | {name}
+
+    def row_fields(self, source: RowSource) -> tuple[str, ...]:
+        """The `SELECT *` columns of a source: `ROW_FIELDS` and then those added to this store."""
+        with self._lock:
+            return self._row_fields[source]
 
     # Row writes -------------------------------------------------------------------------------
 
@@ -523,12 +612,14 @@ class Store:
         """
         with self._lock:
             log = self._log(object_type, object_id)
-            transaction = self._begin(visible)
-            created = iso_ms(self.clock())
-            for row in rows:
+            written = list(rows)
+            for row in written:
                 self._check_writable(object_type, row)
+            transaction = self._begin(visible, self._new_ids(log, written))
+            created = iso_ms(self.clock())
+            for row in written:
                 row_id = str(row.get("id") or self._new_id())
-                complete = self._complete(log, row_id, row, created)
+                complete = self._complete(log, row_id, row, created, transaction)
                 self._append(log, row_id, _Version(transaction, "replace", complete))
             return str(transaction.xact_id)
 
@@ -547,16 +638,18 @@ class Store:
         """
         with self._lock:
             log = self._log(object_type, object_id)
-            transaction = self._begin(visible)
-            created = iso_ms(self.clock())
-            for update in updates:
+            written = list(updates)
+            for update in written:
                 self._check_writable(object_type, update)
                 if not update.get("id"):
                     msg = "every merge update needs an id"
                     raise ValueError(msg)
+            transaction = self._begin(visible, self._new_ids(log, written))
+            created = iso_ms(self.clock())
+            for update in written:
                 row_id = str(update["id"])
                 delta = {k: v for k, v in update.items() if k not in {"id", "created"}}
-                fresh = self._complete(log, row_id, update, created)
+                fresh = self._complete(log, row_id, update, created, transaction)
                 self._append(log, row_id, _Version(transaction, "merge", delta, fresh))
             return str(transaction.xact_id)
 
@@ -587,11 +680,17 @@ class Store:
             self._append(log, row_id, _Version(transaction, "comment", comment))
             return str(transaction.xact_id)
 
-    def delete_rows(self, object_type: RowSource, object_id: str, ids: Iterable[str]) -> str:
-        """Tombstone rows (`_object_delete`): queries stop returning them."""
+    def delete_rows(
+        self, object_type: RowSource, object_id: str, ids: Iterable[str], *, visible: bool = True
+    ) -> str:
+        """Tombstone rows (`_object_delete`): queries stop returning them.
+
+        `visible=False` holds the delete back until `publish` (deletes are eventually
+        consistent: a deleted row may still be read for a while).
+        """
         with self._lock:
             log = self._log(object_type, object_id)
-            transaction = self._begin(visible=True)
+            transaction = self._begin(visible)
             for row_id in ids:
                 if row_id not in log.versions:
                     msg = f"no row {row_id!r} in {object_type} {object_id!r}"
@@ -617,10 +716,9 @@ class Store:
             raise KeyError(msg)
         return log
 
-    @staticmethod
-    def _check_writable(object_type: RowSource, row: Mapping[str, Any]) -> None:
+    def _check_writable(self, object_type: RowSource, row: Mapping[str, Any]) -> None:
         fields = set(row)
-        unknown = fields - set(ROW_FIELDS[object_type])
+        unknown = fields - set(self._row_fields[object_type])
         owned = fields & _STORE_OWNED
         if unknown or owned:
             msg = (
@@ -629,14 +727,33 @@ class Store:
             )
             raise ValueError(msg)
 
+    @staticmethod
+    def _new_ids(log: _RowLog, rows: Iterable[Mapping[str, Any]]) -> int:
+        """How many rows a write gives their first version (each takes a new key).
+
+        A row without an id is new (its id is made up as it is written, in row order, so a
+        seeded store keeps making the same ids).
+        """
+        given = {str(row["id"]) for row in rows if row.get("id")}
+        unnamed = sum(1 for row in rows if not row.get("id"))
+        return unnamed + len(given - log.pagination_keys.keys())
+
     def _complete(
-        self, log: _RowLog, row_id: str, row: Mapping[str, Any], created: str
+        self,
+        log: _RowLog,
+        row_id: str,
+        row: Mapping[str, Any],
+        created: str,
+        transaction: _Transaction,
     ) -> dict[str, Any]:
-        """The full `SELECT *` row for a write: every column, parent ids, first pagination key."""
+        """The full `SELECT *` row for a write: every column, parent ids, first pagination key.
+
+        A row's key is given by the transaction of its first write and kept after, deletes
+        included. Fields added with `add_row_field` are there only when the write has them.
+        """
         pagination_key = log.pagination_keys.get(row_id)
         if pagination_key is None:
-            self._last_pagination_key += 1
-            pagination_key = log.pagination_keys[row_id] = self._last_pagination_key
+            pagination_key = log.pagination_keys[row_id] = transaction.next_key()
         owner = log.owner
         span_id = row.get("span_id") or self._new_id()
         known = {
@@ -653,9 +770,17 @@ class Store:
             "root_span_id": row.get("root_span_id") or span_id,
             "is_root": row.get("is_root", not row.get("span_parents")),
         }
-        return {
+        complete = {
             name: known[name] if name in known else row.get(name) for name in ROW_FIELDS[log.source]
         }
+        added = self._added_fields[log.source]
+        if added:
+            complete.update(
+                (name, row[name])
+                for name in self._row_fields[log.source]
+                if name in added and name in row
+            )
+        return complete
 
     def _append(self, log: _RowLog, row_id: str, version: _Version) -> None:
         log.versions.setdefault(row_id, []).append(version)
@@ -672,11 +797,24 @@ class Store:
             log.current[row_id] = resolved
         log.generation += 1
 
-    def _begin(self, visible: bool) -> _Transaction:
-        """A transaction whose `_xact_id` is above every earlier one, even if the clock is not."""
+    def _begin(self, visible: bool, new_rows: int = 0) -> _Transaction:
+        """A transaction whose `_xact_id` is above every earlier one, even if the clock is not.
+
+        Its new rows take keys `pagination_key_of(xact_id, n)`. One giving more than 65,536 rows
+        their first version skips an `_xact_id` per 65,536 more and takes the keys those would
+        have had, so every key stays unique, ordered by transaction, and at most
+        `last_pagination_key` of its own `_xact_id`.
+        """
         floor = _XACT_PREFIX | (int(self.clock()) << 16)
-        self._last_xact_id = max(self._last_xact_id + 1, floor)
-        transaction = _Transaction(self._last_xact_id, visible)
+        first = max(self._last_xact_id + 1, floor)
+        skipped = max(0, new_rows - 1) // ROWS_PER_XACT
+        self._last_xact_id = first + skipped
+        transaction = _Transaction(
+            self._last_xact_id,
+            visible,
+            first_key=pagination_key_of(first, 0),
+            key_slots=(skipped + 1) * ROWS_PER_XACT,
+        )
         self._transactions[transaction.xact_id] = transaction
         if not visible:
             self._unpublished.add(transaction.xact_id)

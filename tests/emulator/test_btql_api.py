@@ -575,3 +575,22 @@ def test_fetch_pages_whole_traces_latest_first(demo_api: Api, demo_emu: Emulator
     assert (
         demo_api.get(f"/v1/experiment/{experiment['id']}/fetch", max_xact_id="1").status_code == 400
     )
+
+
+def test_a_row_field_added_later_comes_with_select_star(api: Api, emu: Emulator) -> None:
+    dataset = emu.store.add_dataset(emu.store.add_project("p")["id"], "d")["id"]
+    emu.store.insert_rows("dataset", dataset, [{"id": "before"}])
+    emu.store.add_row_field("dataset", "rubric")
+    emu.store.insert_rows("dataset", dataset, [{"id": "after", "rubric": {"strict": True}}])
+    for query in (sql("dataset", dataset), ast("dataset", dataset)):
+        page = api.btql(query).json()
+        rows = {row["id"]: row for row in page["data"]}
+        assert rows["after"]["rubric"] == {"strict": True}
+        assert "rubric" not in rows["before"]
+        assert list(page["schema"]["items"]["properties"])[-1] == "rubric"
+        assert page["schema"]["items"]["properties"]["rubric"] == {}
+    picked = api.data(f"SELECT id, rubric FROM dataset('{dataset}')")  # noqa: S608
+    assert {row["id"]: row["rubric"] for row in picked} == {
+        "after": {"strict": True},
+        "before": None,
+    }

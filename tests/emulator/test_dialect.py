@@ -162,3 +162,45 @@ def test_the_2025_reference_gives_no_cursor_on_a_sorted_query(api_2025: Api) -> 
     assert "only be used for pagination when no sort" in refused.json()["Message"]
     unsorted = api_2025.btql({**query, "sort": None}).json()
     assert unsorted["cursor"]  # the cursor the 2025 reference documents
+
+
+def _in(field: str, count: int = 2) -> dict[str, Any]:
+    values = [str(n) for n in range(count)]
+    return {"op": "in", "left": _ident(field), "right": {"op": "literal", "value": values}}
+
+
+def _with_ids(count: int, **parts: Any) -> dict[str, Any]:
+    query = _query(**parts)
+    query["from"]["name"] = _ident("dataset")
+    query["from"]["args"] = [{"op": "literal", "value": f"d{n}"} for n in range(count)]
+    return query
+
+
+def test_a_version_is_taken_on_one_object_only() -> None:
+    one = {"query": _with_ids(1), "fmt": "json", "version": X}
+    assert "version on one object" in set(dialect.constructs(one))
+    dialect.check(one)
+    two = {**one, "query": _with_ids(2)}
+    assert "version on 2 objects" in set(dialect.constructs(two))
+    with pytest.raises(dialect.NotEvidenced, match="version on 2 objects"):
+        dialect.check(two)
+    dialect.check({**one, "query": _with_ids(2), "version": None})
+    dialect.check_version(1)
+    with pytest.raises(dialect.NotEvidenced, match="version on 3 objects"):
+        dialect.check_version(3)  # SQL text: the server checks once it has parsed the source
+
+
+def test_in_is_taken_on_id_and_root_span_id_only() -> None:
+    for field in ("id", "root_span_id"):
+        dialect.check({"query": _query(filter=_in(field, 100)), "fmt": "json"})
+    assert "in on tags with an array literal of 1..100 strings" in _names(
+        _query(filter=_in("tags"))
+    )
+    with pytest.raises(dialect.NotEvidenced, match="in on tags"):
+        dialect.check({"query": _query(filter=_in("tags")), "fmt": "json"})
+
+
+def test_the_tap_s_count_and_version_queries_have_their_evidence() -> None:
+    assert "R1" in dialect.EVIDENCED["version on one object"].citation
+    assert "R3" in dialect.EVIDENCED["SQL count grouped by the object id"].citation
+    assert dialect.EVIDENCED["SQL count grouped by the object id"].evidence == "DOCUMENTED"

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.emulator import Emulator, FaultRule, running_emulator
-from tests.emulator.conftest import Api, sql
+from tests.emulator.conftest import Api, ast, sql
 
 
 @pytest.fixture
@@ -141,3 +141,17 @@ def test_probability_is_deterministic_for_a_seed(project_id: str) -> None:
 def test_impossible_rules_are_rejected(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         FaultRule(**kwargs)
+
+
+def test_sql_only_faults_hit_sql_text_and_nothing_else(
+    api: Api, emu: Emulator, project_id: str
+) -> None:
+    emu.faults.add(FaultRule("status", path="/btql", status=400, sql_only=True))
+    assert api.btql(sql("project_logs", project_id)).status_code == 400
+    lower = f"  select * from project_logs('{project_id}')"  # noqa: S608
+    assert api.btql(lower).status_code == 400
+    text = f"select: * | from: project_logs('{project_id}')"  # BTQL text, not SQL
+    assert api.btql(text).status_code == 200
+    assert api.btql(ast("project_logs", project_id)).status_code == 200
+    assert api.get("/v1/project").status_code == 200
+    assert [entry.fault for entry in emu.request_log] == ["status", "status", None, None, None]

@@ -22,6 +22,9 @@ def test_command_line_serves_demo_and_stops_on_sigterm() -> None:
         "--demo",
         "--api-key",
         "sk-cli",
+        "--deleted-sources",
+        "missing",
+        "--no-pinned-counts",
     ]
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
         assert process.stdout is not None
@@ -35,7 +38,13 @@ def test_command_line_serves_demo_and_stops_on_sigterm() -> None:
                 names = {
                     p["name"] for p in session.get(url + "/v1/project", timeout=5).json()["objects"]
                 }
+                dataset = session.get(url + "/v1/dataset", timeout=5).json()["objects"][0]
+                count = f"SELECT count(1) AS n FROM dataset('{dataset['id']}')"  # noqa: S608
+                body = {"query": count, "fmt": "json", "version": "1"}
+                refused = session.post(url + "/btql", json=body, timeout=5)
             assert len(names) == 3
+            assert refused.status_code == 400  # --no-pinned-counts
+            assert "aggregate" in refused.json()["Message"]
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
             assert process.stdout.read().strip() == "stopped"

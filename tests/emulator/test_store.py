@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from tests.emulator import Store
-from tests.emulator.store import ROW_FIELDS
+from tests.emulator.store import (
+    ROW_FIELDS,
+    RowSource,
+    last_pagination_key,
+    pagination_key_of,
+)
 
 
 class Clock:
@@ -234,3 +239,155 @@ def test_objects_are_listed_newest_first_and_names_are_unique(store: Store) -> N
         store.add_project("x", colour="red")
     with pytest.raises(ValueError, match="no org"):
         store.add_project("x", org_name="nope")
+
+
+# Pagination keys (contract section 8) ---------------------------------------------------------
+
+
+def keys_by_id(store: Store, source: RowSource, object_id: str) -> dict[str, int]:
+    return {r["id"]: int(r["_pagination_key"][1:]) for r in store.rows(source, object_id)}
+
+
+def test_a_key_is_the_first_write_xact_and_the_row_number(
+    store: Store, project_id: str, clock: Clock
+) -> None:
+    x1 = int(store.insert_rows("project_logs", project_id, [{"id": "a"}, {"id": "b"}]))
+    x2 = int(store.insert_rows("project_logs", project_id, [{"id": "a"}, {"id": "c"}]))
+    keys = keys_by_id(store, "project_logs", project_id)
+    assert keys == {
+        "a": ((x1 & 0xFFFFFFFFFFFF) << 16) | 0,
+        "b": ((x1 & 0xFFFFFFFFFFFF) << 16) | 1,
+        "c": ((x2 & 0xFFFFFFFFFFFF) << 16) | 0,  # `a` was not new: c is row 0 of x2
+    }
+    assert keys["a"] >> 32 == int(clock.now)  # (unix_seconds << 32) | (counter << 16) | row
+    assert (keys["c"] >> 16) & 0xFFFF == x2 & 0xFFFF
+    assert keys["a"] == pagination_key_of(x1, 0)
+
+
+def test_merges_replaces_deletes_keep_the_first_key(store: Store, project_id: str) -> None:
+    x1 = store.insert_rows("project_logs", project_id, [{"id": "a"}])
+    store.merge_rows("project_logs", project_id, [{"id": "a", "tags": ["t"]}])
+    store.insert_rows("project_logs", project_id, [{"id": "a", "output": 2}])
+    store.delete_rows("project_logs", project_id, ["a"])
+    store.insert_rows("project_logs", project_id, [{"id": "a", "output": 3}])
+    x6 = store.merge_rows("project_logs", project_id, [{"id": "new", "output": 4}])
+    keys = keys_by_id(store, "project_logs", project_id)
+    assert keys == {"a": pagination_key_of(x1, 0), "new": pagination_key_of(x6, 0)}
+
+
+def test_rows_first_written_by_xact_w_are_at_most_its_key_bound(
+    store: Store, project_id: str, clock: Clock
+) -> None:
+    """What a client may rely on: `_pagination_key <= last_pagination_key(W)` holds exactly
+    the rows first written at or before `_xact_id` W (every row, not only those still there)."""
+    dataset = str(store.add_dataset(project_id, "d")["id"])
+    first_write: dict[str, int] = {}
+    writes: list[int] = []
+    for step in range(40):
+        clock.now += step % 3  # several transactions in one second, then a new second
+        new = [{"id": f"r{step}-{n}"} for n in range(step % 5)]
+        old = [{"id": row_id} for row_id in list(first_write)[: step % 4]]
+        if step % 7 == 3:
+            xact = int(store.merge_rows("dataset", dataset, [*old, *new]))
+        elif step % 11 == 5 and old:
+            xact = int(store.delete_rows("dataset", dataset, [r["id"] for r in old]))
+            new = []
+        else:
+            xact = int(store.insert_rows("dataset", dataset, [*new, *old], visible=step % 9 != 4))
+        writes.append(xact)
+        first_write.update({row["id"]: xact for row in new})
+    for xact in writes:
+        store.publish(str(xact))  # late, so that every row shows at some version
+    keys = {
+        row["id"]: int(row["_pagination_key"][1:])
+        for xact in writes
+        for row in store.rows("dataset", dataset, as_of=xact)
+    }
+    assert len(set(keys.values())) == len(keys) == len(first_write)
+    for bound_xact in writes:
+        bound = int(last_pagination_key(bound_xact)[1:])
+        for row_id, key in keys.items():
+            assert (key <= bound) == (first_write[row_id] <= bound_xact), (row_id, bound_xact)
+    assert (
+        last_pagination_key(writes[0]) == f"p{((writes[0] & 0xFFFFFFFFFFFF) << 16) | 0xFFFF:020d}"
+    )
+
+
+def test_a_transaction_of_more_than_65536_new_rows_keeps_keys_unique_and_bounded(
+    store: Store, project_id: str
+) -> None:
+    before = int(store.insert_rows("project_logs", project_id, [{"id": "before"}]))
+    big = int(store.insert_rows("project_logs", project_id, [{} for _ in range(65_538)]))
+    after = int(store.insert_rows("project_logs", project_id, [{"id": "after"}]))
+    assert big == before + 2  # one _xact_id skipped: its keys hold rows 65,536 on
+    assert after == big + 1
+    keys = keys_by_id(store, "project_logs", project_id)
+    big_keys = sorted(key for row_id, key in keys.items() if row_id not in {"before", "after"})
+    assert len(set(big_keys)) == len(big_keys) == 65_538
+    assert big_keys == list(range(big_keys[0], big_keys[0] + 65_538))
+    assert keys["before"] < big_keys[0]
+    assert big_keys[-1] <= int(last_pagination_key(big)[1:]) < keys["after"]
+
+
+# Deleted objects and new row fields -----------------------------------------------------------
+
+
+def test_deleting_an_object_hides_it_and_a_project_its_children(
+    store: Store, project_id: str, clock: Clock
+) -> None:
+    experiment = store.add_experiment(project_id, "e")["id"]
+    dataset = store.add_dataset(project_id, "d")["id"]
+    other = store.add_project("other")["id"]
+    store.insert_rows("dataset", dataset, [{"id": "r"}])
+    store.delete_object("dataset", dataset)
+    assert store.is_deleted("dataset", dataset)
+    assert not store.is_deleted("experiment", experiment)
+    assert store.objects("dataset") == []
+    assert [d["id"] for d in store.objects("dataset", deleted=True)] == [dataset]
+    assert (store.get_object("dataset", dataset) or {})["deleted_at"] == "2026-11-18T11:06:40.000Z"
+    assert [r["id"] for r in store.rows("dataset", dataset)] == ["r"]  # rows stay stored
+    clock.now += 60
+    store.delete_object("dataset", dataset)  # again: nothing changes
+    assert (store.get_object("dataset", dataset) or {})["deleted_at"] == "2026-11-18T11:06:40.000Z"
+    store.delete_object("project", project_id)
+    assert store.is_deleted("experiment", experiment)
+    assert store.objects("experiment") == []
+    assert [p["id"] for p in store.objects("project")] == [other]
+    assert (store.get_object("experiment", experiment) or {})["deleted_at"] is None
+    with pytest.raises(KeyError):
+        store.delete_object("experiment", "nope")
+
+
+def test_a_new_row_field_is_taken_once_added_to_this_store(
+    store: Store, project_id: str, clock: Clock
+) -> None:
+    with pytest.raises(ValueError, match="unknown fields"):
+        store.insert_rows("project_logs", project_id, [{"id": "a", "sentiment": 1}])
+    store.add_row_field("project_logs", "sentiment")
+    store.add_row_field("project_logs", "sentiment")  # again: a no-op
+    store.insert_rows("project_logs", project_id, [{"id": "a", "sentiment": {"v": 1}}, {"id": "b"}])
+    store.merge_rows("project_logs", project_id, [{"id": "b", "sentiment": 2}])
+    rows = by_id(store, project_id)
+    assert list(rows["a"]) == [*ROW_FIELDS["project_logs"], "sentiment"]
+    assert rows["a"]["sentiment"] == {"v": 1}
+    assert rows["b"]["sentiment"] == 2
+    store.insert_rows("project_logs", project_id, [{"id": "c"}])
+    assert "sentiment" not in by_id(store, project_id)["c"]
+    assert store.row_fields("project_logs")[-1] == "sentiment"
+    assert "sentiment" not in ROW_FIELDS["project_logs"]  # no module-wide change
+    other = Store(clock)
+    other.add_org("acme")
+    other_project = other.add_project("p")["id"]
+    with pytest.raises(ValueError, match="unknown fields"):
+        other.insert_rows("project_logs", other_project, [{"sentiment": 1}])
+    with pytest.raises(ValueError, match="cannot be a client-written"):
+        store.add_row_field("dataset", "_xact_id")
+
+
+def test_a_delete_can_become_visible_late(store: Store, project_id: str) -> None:
+    store.insert_rows("project_logs", project_id, [{"id": "a"}, {"id": "b"}])
+    late = store.delete_rows("project_logs", project_id, ["a"], visible=False)
+    assert set(by_id(store, project_id)) == {"a", "b"}
+    assert int(store.freshness()[0]) < int(late)
+    store.publish(late)
+    assert set(by_id(store, project_id)) == {"b"}
