@@ -12,19 +12,24 @@ import re
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 from singer_sdk import RESTStream
 from singer_sdk.authenticators import BearerTokenAuthenticator
+from singer_sdk.helpers._catalog import get_selected_schema
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.singerlib import Metadata
 
 from tap_braintrust import schemas
+from tap_braintrust.deleted_objects import Delivered
 from tap_braintrust.errors import BraintrustError
 from tap_braintrust.incremental import parse_xact_id
-from tap_braintrust.timestamps import normalize_timestamp
+from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
 from tap_braintrust.transport import USER_AGENT
+from tap_braintrust.writer import BufferedMessageWriter
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     import requests
     from singer_sdk import Tap
     from singer_sdk.helpers.types import Context
+    from singer_sdk.singerlib import MetadataMapping
 
     from tap_braintrust.queries import PagedQuery
     from tap_braintrust.transport import Answer, Transport
@@ -127,13 +133,9 @@ class BraintrustStream(RESTStream[None]):
         `declared_schema` on their class.
         """
         self.transport = transport
-        declared = self.declared_schema if schema is None else schema
-        self.json_text_fields = (
-            schemas.json_text_fields(declared)
-            if tap.config.get("json_fields_as_text")
-            else frozenset()
+        schema, self.json_text_fields = as_sent(
+            self.declared_schema if schema is None else schema, tap.config
         )
-        schema = schemas.with_json_as_text(declared, self.json_text_fields)
         super().__init__(tap, name=name, schema=schema)
 
     @property
@@ -191,15 +193,9 @@ class BraintrustStream(RESTStream[None]):
         self, row: dict[str, Any], context: Context | None = None
     ) -> dict[str, Any] | None:
         if unknown := row.keys() - self._schema_fields:
-            # A field Braintrust added since this schema: targets would drop it anyway.
-            if not unknown <= self._reported_unknown_fields:
-                self._reported_unknown_fields.update(unknown)
-                self.logger.warning(
-                    "%s: Braintrust sent fields the schema does not have, left out: %s",
-                    self.name,
-                    ", ".join(sorted(unknown)),
-                )
-            for name in unknown:
+            if new := unknown - self._left_out_fields:
+                self._add_fields(sorted(new))
+            for name in unknown & self._left_out_fields:
                 del row[name]
         for name in self.json_text_fields & row.keys():
             row[name] = json_text(row[name])
@@ -207,11 +203,99 @@ class BraintrustStream(RESTStream[None]):
 
     @cached_property
     def _schema_fields(self) -> frozenset[str]:
-        return frozenset(self.schema["properties"])
+        """The fields records carry as they come: the schema's, and the deletion marker.
+
+        Targets know the marker themselves, so it is never taken for a new field.
+        """
+        return frozenset(self.schema["properties"]) | {schemas.DELETED_AT}
 
     @cached_property
-    def _reported_unknown_fields(self) -> set[str]:
+    def _left_out_fields(self) -> set[str]:
+        """New fields the catalog leaves out (see `_add_fields`), dropped from every row."""
         return set()
+
+    @cached_property
+    def _selects_listed_fields(self) -> bool:
+        """Whether the catalog deselects a top-level field, so selects a list of fields.
+
+        A field Braintrust added since the list was written is then not on it. A catalog
+        that selects every field (Meltano's `stream.*`) takes new ones too.
+        """
+        return any(
+            not selected for crumb, selected in self.mask.items() if len(crumb) == _FIELD_DEPTH
+        )
+
+    def _add_fields(self, names: list[str]) -> None:
+        """Take fields Braintrust added since the schema as columns of free-form JSON.
+
+        The stream's schema, catalog metadata and stream maps gain them, and a SCHEMA
+        message goes out before the record that first has them (so before the BATCH message
+        of its file), for targets to add the columns. Unless the catalog lists fields.
+        """
+        if self._selects_listed_fields:
+            self._left_out_fields.update(names)
+            self.logger.warning(
+                "%s: Braintrust sent new fields, left out as the catalog selects only some of "
+                "this stream's fields: %s. Select them (Meltano: `select: [%s.%s]`, or "
+                "`%s.*` for every field) to load them.",
+                self.name,
+                ", ".join(names),
+                self.name,
+                names[0],
+                self.name,
+            )
+            return
+        added, as_text = as_sent(
+            {"type": "object", "properties": dict.fromkeys(names, schemas.ANY_JSON)}, self.config
+        )
+        self.json_text_fields |= as_text
+        self._schema = with_properties(self.schema, added["properties"])
+        if self._input_schema is not None:
+            self._input_schema = with_properties(self._input_schema, added["properties"])
+        for name in names:
+            crumb = ("properties", name)
+            self.metadata[crumb] = Metadata(
+                inclusion=Metadata.InclusionType.AVAILABLE, selected=True
+            )
+            self.mask[crumb] = True
+        del self._schema_fields
+        # Stream maps and flattening were built from the schema at the start: registered
+        # again, the mapper builds them anew (with the key properties first registered).
+        self._tap.mapper.register_raw_stream_schema(
+            self.name,
+            get_selected_schema(self.name, self.effective_schema, self.mask),
+            self.stream_maps[0].raw_key_properties,
+        )
+        self._stream_maps = None
+        # `passes_json_through` stays: it rests on settings and nested selections only, and
+        # this tap's writer sends a new field's JSON text as it sends the others'.
+        self.logger.info(
+            "%s: Braintrust sent new fields, added to the schema as JSON%s: %s",
+            self.name,
+            " text" if as_text else "",
+            ", ".join(names),
+        )
+        if self.selected:
+            self._write_schema_message()
+
+
+def as_sent(
+    declared: dict[str, Any], config: Mapping[str, Any]
+) -> tuple[dict[str, Any], frozenset[str]]:
+    """A schema as records go out, and its fields sent as JSON text (`json_fields_as_text`)."""
+    as_text = (
+        schemas.json_text_fields(declared) if config.get("json_fields_as_text") else frozenset()
+    )
+    return schemas.with_json_as_text(declared, as_text), as_text
+
+
+def with_properties(schema: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `schema` with more properties (schemas may be shared: never edited)."""
+    return {**schema, "properties": {**schema["properties"], **properties}}
+
+
+_IDS_PER_LISTING = 100
+"""Most ids one listing request names (`ids` repeated in the URL)."""
 
 
 class ObjectListingStream(BraintrustStream):
@@ -223,6 +307,13 @@ class ObjectListingStream(BraintrustStream):
 
     primary_keys = ("id",)
     timestamp_fields: tuple[str, ...] = ("created", "deleted_at")
+    _marked: list[dict[str, Any]]
+    """The objects this run marked deleted, set with `objects`."""
+
+    @property
+    @override
+    def metadata(self) -> MetadataMapping:
+        return schemas.deleted_at_automatic(super().metadata)
 
     def listing_scopes(self) -> list[dict[str, Any]]:
         """The filters of each listing to page through; one listing, unfiltered, by default."""
@@ -248,12 +339,61 @@ class ObjectListingStream(BraintrustStream):
                     listed.setdefault(obj["id"], obj)
         objects = list(listed.values())
         self.check(objects)
+        self._marked = self._gone(objects)
         return objects
+
+    @property
+    def marked_ids(self) -> frozenset[str]:
+        """The objects this run marked deleted (listed first, if not yet)."""
+        _ = self.objects
+        return frozenset(obj["id"] for obj in self._marked)
+
+    def still_selected(self, obj: Mapping[str, Any]) -> bool:  # noqa: ARG002
+        """Whether an object an earlier run delivered (its kept fields) is still selected."""
+        return True
+
+    def _gone(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The delivered objects deleted since, marked; state then keeps the listed ones.
+
+        Only when this stream is synced: its records carry the marks.
+        """
+        if not (self.selected and self.config.get("detect_deletes", True)):
+            return []
+        delivered = Delivered(self.name, self.stream_state, self.logger)
+        gone = delivered.gone(objects, self.still_selected, self.config["max_deleted_share"])
+        delivered.remember(objects, gone)
+        if not gone:
+            return []
+        self.logger.warning(
+            "%s: marking %d deleted (no longer listed; lost access looks the same): %s",
+            self.name,
+            len(gone),
+            ", ".join(f"{obj['id']} ({obj.get('name')!r})" for obj in gone),
+        )
+        marked_at = format_timestamp(datetime.now(timezone.utc))
+        return [{**obj, schemas.DELETED_AT: marked_at} for obj in gone]
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
         # Copies: post_process edits the records, and the row streams read these later.
-        return [dict(obj) for obj in self.objects]
+        objects = self.objects
+        yield from (dict(obj) for obj in (*objects, *self._marked))
+        # The tap's writer holds messages until a STATE message, and none follows when the
+        # state is as last written: the records go out now, not at exit.
+        if isinstance(writer := self._tap.message_writer, BufferedMessageWriter):
+            writer.flush()
+
+    def still_listed(self, object_ids: Iterable[str]) -> set[str]:
+        """Which of the objects a fresh listing shows.
+
+        Those deleted since the run's listing (or whose access was lost) are gone.
+        """
+        wanted = sorted(set(object_ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _IDS_PER_LISTING):
+            chunk = wanted[start : start + _IDS_PER_LISTING]
+            found.update(obj["id"] for obj in self._listing({"ids": chunk}))
+        return found & set(wanted)
 
     def _listing(self, scope: Mapping[str, Any]) -> Generator[dict[str, Any], None, None]:
         params: dict[str, Any] = {"limit": self.config["page_size"], **scope}
@@ -297,6 +437,7 @@ class ObjectListingStream(BraintrustStream):
         for field in self.timestamp_fields:
             if field in row:
                 row[field] = normalize_timestamp(row[field])
+        row.setdefault(schemas.DELETED_AT, None)  # live: clears an earlier mark
         return super().post_process(row, context)
 
 
@@ -310,10 +451,14 @@ READ_FIELDS = frozenset(
         "experiment_id",
         "dataset_id",
         "root_span_id",
+        "object_id",
+        "row_count",
+        "first_key",
+        "last_key",
     }
 )
-"""The row fields the tap itself reads (the object ids route rows to their state), decoded
-even when the others pass through as text."""
+"""The row fields the tap itself reads (the object ids route rows to their state; counts
+answer with the last four), decoded even when the others pass through as text."""
 _FIELD_DEPTH = 2
 """Length of a top-level field's breadcrumb, ("properties", name); longer is a nested one."""
 # Settings whose SDK features work on decoded record values.

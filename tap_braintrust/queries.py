@@ -132,6 +132,20 @@ def _request(query: Node | str, **options: Any) -> dict[str, Any]:
     return {"query": query, "fmt": "json", "brainstore_realtime": True, **options}
 
 
+def _pinned(version: int | None) -> dict[str, str]:
+    """The body's `version`: a top-level `_xact_id` string, as the SDKs send it (R1)."""
+    return {} if version is None else {"version": str(version)}
+
+
+def key_bound(xact_id: int) -> str:
+    """The highest `_pagination_key` a row first written up to `xact_id` can have.
+
+    A key is `(unix_seconds << 32) | (xact_counter << 16) | row_num` of the row's first
+    write (contract section 8), so keys follow first writes' `_xact_id` order.
+    """
+    return f"p{((xact_id & 0xFFFFFFFFFFFF) << 16) | 0xFFFF:020d}"
+
+
 def _ast(
     source: Node, columns: tuple[FieldPath, ...] | None, condition: Node | None, limit: int
 ) -> Node:
@@ -596,3 +610,137 @@ def sql_string(value: str) -> str:
     """A single-quoted SQL string literal, its quotes and backslashes escaped."""
     escaped = value.replace("\\", "\\\\").replace("'", "\\'")
     return f"'{escaped}'"
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The rows of one object whose `_pagination_key` is in (`above`, `through`].
+
+    Keys are given at a row's first write and kept, so a range holds the same rows at every
+    version, less the deleted ones: comparing a range at two versions finds deletes.
+    """
+
+    above: str | None
+    through: str
+
+    def condition(self) -> list[Node]:
+        """The range as AST comparisons."""
+        lower = [] if self.above is None else [_compare("gt", "_pagination_key", self.above)]
+        return [*lower, _compare("le", "_pagination_key", self.through)]
+
+    def holds(self, key: str) -> bool:
+        """Whether `key` is in the range."""
+        return (self.above is None or key > self.above) and key <= self.through
+
+    def sql(self) -> list[str]:
+        """The range as SQL conditions."""
+        lower = [] if self.above is None else [f"_pagination_key > {sql_string(self.above)}"]
+        return [*lower, f"_pagination_key <= {sql_string(self.through)}"]
+
+    def __str__(self) -> str:
+        """The range in words."""
+        return f"_pagination_key in ({self.above or 'start'}, {self.through}]"
+
+
+@dataclass(frozen=True)
+class CountQuery:
+    """How many rows each object has in a key range, and their lowest and highest keys.
+
+    `SELECT <id column>, count(1) ... GROUP BY 1` over a multi-id source is the documented
+    form (R3); `max` of a key column beside `count(*)` is recorded (java-cassettes). With
+    `version`, one object only: a pinned read names one object (R1, R2). The answer is one
+    row per object with rows, so it needs no paging.
+    """
+
+    source: RowSource
+    object_ids: tuple[str, ...]
+    keys: KeyRange
+    created_since: str | None = None
+    version: int | None = None
+    kind = "counts of rows per object (delete detection)"
+    paging = "one answer, no paging"
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot make a meaningful query."""
+        _distinct_ids(self.object_ids, "object ids")
+        if self.version is not None and len(self.object_ids) != 1:
+            msg = "a count at a version names one object"
+            raise ValueError(msg)
+
+    def body(self, after: None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:  # noqa: ARG002
+        """The SQL count; a top-level `version` when pinned."""
+        column = OBJECT_ID_FIELD[self.source]
+        where = self.keys.sql()
+        if self.created_since is not None:
+            where.append(f"created >= {sql_string(self.created_since)}")
+        ids = ", ".join(sql_string(object_id) for object_id in self.object_ids)
+        text = (
+            f"SELECT {column} AS object_id, count(1) AS row_count, "  # noqa: S608 - quoted
+            "min(_pagination_key) AS first_key, max(_pagination_key) AS last_key "
+            f"FROM {self.source}({ids}) WHERE {' AND '.join(where)} GROUP BY 1"
+        )
+        return _request(text, **_pinned(self.version))
+
+    def next_after(self, after: None, page: Page) -> None:  # noqa: ARG002
+        """An aggregate is one answer."""
+        return
+
+    def describe(self) -> str:
+        """The count in words."""
+        at = "" if self.version is None else f" at version {self.version}"
+        return f"count of {self.source}({_named(self.object_ids)}) rows, {self.keys}{at}"
+
+
+@dataclass(frozen=True)
+class KeyScanQuery:
+    """Rows of one object in a key range (or with given ids), in key order, paged by keyset.
+
+    With `version`, as they were at that `_xact_id`, deleted ones included (R1). With
+    `expected`, the read ends once that many rows came, without asking for an empty page.
+    """
+
+    source: RowSource
+    object_id: str
+    keys: KeyRange
+    ids: tuple[str, ...] | None = None
+    columns: tuple[FieldPath, ...] | None = None
+    created_since: str | None = None
+    version: int | None = None
+    expected: int | None = None
+    kind = "reads of row ids and deleted rows' content (delete detection)"
+    paging = "keyset on _pagination_key, sorted, no server cursor"
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot make a meaningful query."""
+        if self.ids is not None:
+            _in("id", self.ids)  # checks the count
+
+    def body(self, after: tuple[str, int] | None, limit: int = MAX_PAGE_SIZE) -> dict[str, Any]:
+        """The body for the page after (the `_pagination_key`, rows so far) `after`."""
+        condition = _all(
+            *self.keys.condition(),
+            None if self.ids is None else _in("id", self.ids),
+            _compare("ge", "created", self.created_since) if self.created_since else None,
+            None if after is None else _compare("gt", "_pagination_key", after[0]),
+        )
+        query = _ast(_source(self.source, [self.object_id]), self.columns, condition, limit)
+        query["sort"] = _sort("_pagination_key")
+        return _request(query, **_pinned(self.version))
+
+    def next_after(self, after: tuple[str, int] | None, page: Page) -> tuple[str, int] | None:
+        """After the page's last row; None after an empty page or the expected rows."""
+        if not page.rows:
+            return None
+        read = (after[1] if after else 0) + len(page.rows)
+        if self.expected is not None and read >= self.expected:
+            return None
+        return pagination_key_of(page.rows[-1]), read
+
+    def describe(self) -> str:
+        """The read in words."""
+        which = "" if self.ids is None else f"{len(self.ids)} ids, "
+        at = "" if self.version is None else f" at version {self.version}"
+        return (
+            f"{_describe_select(self.columns)}{self.source}({_named([self.object_id])}): "
+            f"{which}{self.keys}{at}"
+        )

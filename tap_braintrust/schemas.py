@@ -9,6 +9,10 @@ from __future__ import annotations
 import typing as t
 
 from singer_sdk import typing as th
+from singer_sdk.singerlib import Metadata
+
+if t.TYPE_CHECKING:
+    from singer_sdk.singerlib import MetadataMapping
 
 _TIMESTAMP = th.DateTimeType
 _STRINGS = th.ArrayType(th.StringType)
@@ -213,6 +217,27 @@ ROW_SCHEMAS: dict[str, dict[str, t.Any]] = {
 """Each row source's full row schema, the base of custom streams' schemas."""
 
 ANY_JSON: dict[str, t.Any] = _ANY_JSON.type_dict
+
+DELETED_AT = "_sdc_deleted_at"
+"""Set on a record of something deleted in Braintrust: when a run found it gone."""
+
+
+def with_deleted_at(schema: dict[str, t.Any]) -> dict[str, t.Any]:
+    """`schema` with the deletion marker, which target-postgres and others act on."""
+    marker = th.Property(
+        DELETED_AT,
+        _TIMESTAMP,
+        description="When a run found it deleted in Braintrust, UTC; null while it exists.",
+    ).to_dict()
+    return {**schema, "properties": {**schema["properties"], **marker}}
+
+
+def deleted_at_automatic(metadata: MetadataMapping) -> MetadataMapping:
+    """The marker always selected: a field list leaving it out would make deletes look live."""
+    entry = metadata.get(("properties", DELETED_AT))
+    if entry is not None:
+        entry.inclusion = Metadata.InclusionType.AUTOMATIC
+    return metadata
 
 
 def field_schema(source: str, path: tuple[str, ...]) -> dict[str, t.Any]:

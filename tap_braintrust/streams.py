@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from tap_braintrust import schemas
 from tap_braintrust.client import BtqlStream, ObjectListingStream
 from tap_braintrust.custom import ReportStreamSpec, RowStreamSpec
+from tap_braintrust.deleted_objects import DELIVERED_KEY, check_org
+from tap_braintrust.deletes import DeleteFinder
 from tap_braintrust.errors import BraintrustError
 from tap_braintrust.incremental import (
     WATERMARK_KEY,
@@ -29,6 +31,7 @@ from tap_braintrust.queries import (
     MAX_PAGE_SIZE,
     OBJECT_ID_FIELD,
     ChangePosition,
+    CountQuery,
     FieldPath,
     ObjectBound,
     ReportQuery,
@@ -41,7 +44,7 @@ from tap_braintrust.queries import (
     row_keys,
 )
 from tap_braintrust.timestamps import format_timestamp, normalize_timestamp
-from tap_braintrust.transport import GroupTooBigError, QueryRefusedError
+from tap_braintrust.transport import AccessDeniedError, GroupTooBigError, QueryRefusedError
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
 
     from singer_sdk import Tap
     from singer_sdk.helpers.types import Context, Record
+    from singer_sdk.singerlib import MetadataMapping
 
     from tap_braintrust.custom import CustomStreamSpec
     from tap_braintrust.queries import PagedQuery
@@ -97,7 +101,7 @@ class ProjectsStream(ObjectListingStream):
 
     name = "projects"
     path = "/v1/project"
-    declared_schema = schemas.PROJECT
+    declared_schema = schemas.with_deleted_at(schemas.PROJECT)
 
     @cached_property
     def selection(self) -> ProjectSelection:
@@ -116,9 +120,33 @@ class ProjectsStream(ObjectListingStream):
         return self.selection.includes(obj)
 
     @override
+    def still_selected(self, obj: Mapping[str, Any]) -> bool:
+        return self.selection.includes(obj)
+
+    @override
     def check(self, objects: list[dict[str, Any]]) -> None:
         # Projects are listed before anything else is read, so a misnamed project fails the
         # run before any experiment or dataset of the others is emitted.
+        delivered = self.stream_state.get(DELIVERED_KEY)
+        if self.config.get("detect_deletes", True):
+            check_org(self.stream_state, objects)
+        if self.config.get("detect_deletes", True) and isinstance(delivered, dict) and delivered:
+            if not objects and not any(True for _ in itertools.islice(self._listing({}), 1)):
+                msg = (
+                    "The API key sees no project at all, where earlier runs delivered "
+                    f"{len(delivered)}: it lost its access, or belongs to another org. Check "
+                    "`api_key` and `org_name`; nothing was marked deleted"
+                )
+                raise BraintrustError(msg)
+            # A configured project an earlier run delivered and that is gone is marked.
+            objects = [
+                *objects,
+                *(
+                    {**fields, "id": project_id}
+                    for project_id, fields in delivered.items()
+                    if isinstance(fields, dict)
+                ),
+            ]
         if missing := self.selection.missing(objects):
             msg = (
                 f"Configured projects not found in Braintrust: {', '.join(missing)}. "
@@ -156,6 +184,12 @@ class ProjectObjectStream(ObjectListingStream):
     def keeps(self, obj: Mapping[str, Any]) -> bool:
         return obj.get("project_id") in self._project_ids
 
+    @override
+    def still_selected(self, obj: Mapping[str, Any]) -> bool:
+        # A deleted project's experiments and datasets are gone with it.
+        project_id = obj.get("project_id")
+        return project_id in self._project_ids or project_id in self.projects.marked_ids
+
     @cached_property
     def _project_ids(self) -> frozenset[str]:
         return frozenset(project["id"] for project in self.projects.objects)
@@ -166,7 +200,7 @@ class ExperimentsStream(ProjectObjectStream):
 
     name = "experiments"
     path = "/v1/experiment"
-    declared_schema = schemas.EXPERIMENT
+    declared_schema = schemas.with_deleted_at(schemas.EXPERIMENT)
 
 
 class DatasetsStream(ProjectObjectStream):
@@ -174,7 +208,7 @@ class DatasetsStream(ProjectObjectStream):
 
     name = "datasets"
     path = "/v1/dataset"
-    declared_schema = schemas.DATASET
+    declared_schema = schemas.with_deleted_at(schemas.DATASET)
 
 
 @dataclass(frozen=True)
@@ -216,6 +250,8 @@ class EventStream(BtqlStream):
     """The fields read (None: every field)."""
     object_ids: frozenset[str] | None = None
     """Only these of the listed objects (None: all of them)."""
+    finds_deletes = False
+    """Whether `detect_deletes` looks for this stream's deleted rows (deletes.py)."""
 
     def __init__(
         self,
@@ -230,7 +266,13 @@ class EventStream(BtqlStream):
         self.listing = objects
         self._reads: dict[str, _ObjectRead] = {}
         self._signpost = ""
+        self._deletes: DeleteFinder | None = None
         super().__init__(tap, transport, name=name, schema=schema)
+
+    @property
+    @override
+    def metadata(self) -> MetadataMapping:
+        return schemas.deleted_at_automatic(super().metadata)
 
     @property
     def parent_key(self) -> str:
@@ -261,6 +303,7 @@ class EventStream(BtqlStream):
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
         # Fixed-width, so every bookmark compares correctly as a string.
         self._signpost = format_timestamp(datetime.now(timezone.utc))
+        self._forget_marked()
         partitions = {
             partition["context"].get(self.parent_key): partition
             for partition in self.stream_state.get("partitions", [])
@@ -273,6 +316,7 @@ class EventStream(BtqlStream):
         reads = self._sharing_starts(reads)
         self._reads = {read.bound.object_id: read for read in reads}
         self._group_size = int(self.config["objects_per_query"])
+        self._deletes = self._delete_finder(reads)
         # Objects from different starts go in different queries: a filter on the object id
         # column, which one query would need, is not a form Braintrust is known to take.
         for _, alike in itertools.groupby(reads, key=lambda read: read.bound.start):
@@ -280,6 +324,51 @@ class EventStream(BtqlStream):
             while same_start:
                 group, same_start = same_start[: self._group_size], same_start[self._group_size :]
                 yield from self._read(group)
+        if self._deletes is not None:
+            yield from self._deleted_rows(self._deletes)
+
+    def _forget_marked(self) -> None:
+        """Drop the state partitions of objects this run marked deleted: never read again."""
+        marked = self.listing.marked_ids
+        if marked and "partitions" in self.stream_state:
+            self.stream_state["partitions"] = [
+                partition
+                for partition in self.stream_state["partitions"]
+                if not (
+                    isinstance(partition.get("context"), dict)
+                    and partition["context"].get(self.parent_key) in marked
+                )
+            ]
+
+    def _delete_finder(self, reads: list[_ObjectRead]) -> DeleteFinder | None:
+        """What finds this run's deleted rows, when this stream looks for them."""
+        if not (self.finds_deletes and self.config.get("detect_deletes", True)):
+            return None
+        start_date = self.config.get("start_date")
+        finder = DeleteFinder(
+            self, self.source, normalize_timestamp(start_date) if start_date else None
+        )
+        created = {obj["id"]: obj.get("created") for obj in self.listing.objects}
+        for read in reads:
+            object_id = read.bound.object_id
+            finder.track(object_id, read.state, created.get(object_id))
+        return finder
+
+    def _deleted_rows(self, finder: DeleteFinder) -> Iterator[dict[str, Any]]:
+        """The rows deleted since the last run, marked, each as last read."""
+        marked_at = format_timestamp(datetime.now(timezone.utc))
+        watermarks = {
+            object_id: parse_xact_id(read.state.get(WATERMARK_KEY)) or 0
+            for object_id, read in self._reads.items()
+        }
+        for row in finder.deleted(watermarks):
+            row[schemas.DELETED_AT] = marked_at
+            yield row
+        self._write_state_message()
+
+    def still_listed(self, object_ids: Iterable[str]) -> set[str]:
+        """Which of the objects a fresh listing still shows."""
+        return self.listing.still_listed(object_ids)
 
     @staticmethod
     def _sharing_starts(reads: list[_ObjectRead]) -> list[_ObjectRead]:
@@ -311,6 +400,8 @@ class EventStream(BtqlStream):
     def group_of(self, query: PagedQuery[Any]) -> int:
         if isinstance(query, RowsQuery):
             return len(query.objects)
+        if isinstance(query, CountQuery):
+            return len(query.object_ids)
         if isinstance(query, (TraceSpansQuery, SummaryQuery)) and query.root_span_ids:
             return len(query.root_span_ids)
         return 1
@@ -320,6 +411,8 @@ class EventStream(BtqlStream):
         finished: list[_Finished] = []
         for read, row, progress in self._changes(self._query, group, finished):
             read.state[WATERMARK_KEY] = str(progress.watermark(read.watermark))
+            if self._deletes is not None:
+                self._deletes.saw(read.bound.object_id, row, row_keys(row)[0])
             yield row
         for part, progress in finished:
             self._settle(part, progress)
@@ -357,8 +450,27 @@ class EventStream(BtqlStream):
         except GroupTooBigError as exc:
             yield from self._in_halves(query_for, group, finished, progress, str(exc))
             return
+        except (AccessDeniedError, QueryRefusedError):
+            # Braintrust answers so for a query naming an object deleted since the listing.
+            gone = set(in_query) - self.still_listed(in_query)
+            if not gone:
+                raise
+            self._say_gone(gone)
+            rest = [read for read in group if read.bound.object_id not in gone]
+            if rest:
+                yield from self._changes(query_for, rest, finished, progress.resumed())
+            return
         progress.finish()
         finished.append((group, progress))
+
+    def _say_gone(self, gone: set[str]) -> None:
+        self.logger.warning(
+            "%s: %s %s no longer listed (deleted, or access lost) during the run; reading "
+            "the rest without it, and the next run marks it deleted",
+            self.name,
+            self.parent_key.removesuffix("_id"),
+            ", ".join(sorted(gone)),
+        )
 
     def _in_halves(
         self,
@@ -496,6 +608,8 @@ class EventStream(BtqlStream):
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
         if self._read_columns != self.columns:
             del row[PAGING_KEY[0]]
+        if self.finds_deletes:
+            row.setdefault(schemas.DELETED_AT, None)  # live: clears an earlier mark
         created = row["created"] = row.get("created")
         problem = None if created is None else f"{created!r} is not an ISO-8601 string"
         if isinstance(created, str):
@@ -526,8 +640,9 @@ class ExperimentEventsStream(EventStream):
 
     name = "experiment_events"
     source = "experiment"
+    finds_deletes = True
     primary_keys = ("experiment_id", "id")
-    declared_schema = schemas.EXPERIMENT_EVENT
+    declared_schema = schemas.with_deleted_at(schemas.EXPERIMENT_EVENT)
 
 
 class DatasetEventsStream(EventStream):
@@ -535,8 +650,9 @@ class DatasetEventsStream(EventStream):
 
     name = "dataset_events"
     source = "dataset"
+    finds_deletes = True
     primary_keys = ("dataset_id", "id")
-    declared_schema = schemas.DATASET_EVENT
+    declared_schema = schemas.with_deleted_at(schemas.DATASET_EVENT)
 
 
 class CustomRowStream(EventStream):

@@ -168,6 +168,30 @@ class TapBraintrust(Tap):
             ),
         ),
         th.Property(
+            "detect_deletes",
+            th.BooleanType,
+            default=True,
+            title="Detect deletes",
+            description=(
+                "Mark what was deleted in Braintrust since an earlier run: experiment and "
+                "dataset rows (sent again, as last read, with `_sdc_deleted_at`) and "
+                "projects, experiments and datasets no longer listed. Costs a count query "
+                "or two per run for each kind of row; project logs and custom streams are "
+                "never marked. See the README's Deleted rows and objects."
+            ),
+        ),
+        th.Property(
+            "max_deleted_share",
+            th.NumberType(minimum=0, maximum=1),
+            default=0.5,
+            title="Max deleted share",
+            description=(
+                "Most share of the selected projects, experiments or datasets that earlier "
+                "runs delivered which one run marks deleted; more, and it marks none, with a "
+                "warning (a wrong `org_name` or key unlists everything). 1 allows any."
+            ),
+        ),
+        th.Property(
             "lookback_seconds",
             th.IntegerType(minimum=0, maximum=86400),
             default=60,

@@ -131,6 +131,10 @@ class QueryRefusedError(BraintrustError):
     """Braintrust answered 400: it does not take the query as written."""
 
 
+class AccessDeniedError(BraintrustError):
+    """Braintrust answered 403: the key may not read it, or it was deleted (the same answer)."""
+
+
 class PageShrinker(Protocol):
     """Something that halves the rows asked for per page; None when it cannot shrink."""
 
@@ -496,6 +500,8 @@ class Transport:
             raise RetriableError(message, response)
         if status == HTTPStatus.BAD_REQUEST:
             raise QueryRefusedError(message)
+        if status == HTTPStatus.FORBIDDEN:
+            raise AccessDeniedError(message)
         raise BraintrustError(message)
 
     def _error_message(self, response: requests.Response, subject: str | None) -> str:

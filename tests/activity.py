@@ -165,9 +165,12 @@ def window_keys(
     return window
 
 
-def starts_a_read(query: dict[str, Any]) -> bool:
-    """Whether a `/btql` AST asks for a read's first page (later ones go on after a row)."""
-    return "_pagination_key" not in json.dumps(query.get("filter"))
+def starts_a_read(query: dict[str, Any] | str) -> bool:
+    """Whether a `/btql` AST asks for a read's first page (later ones go on after a row).
+
+    SQL text (a report, or delete detection's counts) is no read of changes.
+    """
+    return isinstance(query, dict) and "_pagination_key" not in json.dumps(query.get("filter"))
 
 
 def xact_floors(query: dict[str, Any]) -> dict[str, int]:

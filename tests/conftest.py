@@ -98,6 +98,14 @@ def select_only(catalog: dict[str, Any], stream: str) -> dict[str, Any]:
     return catalog
 
 
+def is_delete_check(body: Any) -> bool:
+    """Whether a `/btql` body is one of delete detection's: a count, or a read at a version."""
+    if not isinstance(body, dict):
+        return False
+    query = body.get("query")
+    return (isinstance(query, str) and " AS row_count" in query) or "version" in body
+
+
 def tap_config(emu: Emulator, **overrides: Any) -> dict[str, Any]:
     """A working config for `emu`; `overrides` add or replace settings."""
     return {"api_key": API_KEY, "api_url": emu.url, **overrides}

@@ -98,8 +98,18 @@ def test_demo_loads_postgres_then_sends_only_reviewed_rows_and_answers_the_recip
             for owner in store.objects(stream.owner)
             for row in store.rows(stream.source, owner["id"])
         }
+        marked = (
+            query(
+                f"SELECT {stream.parent_key}, id FROM braintrust.{stream.name}"  # noqa: S608 - a test query
+                " WHERE _sdc_deleted_at IS NOT NULL AND input IS NOT NULL"
+            )
+            if stream.name != "project_logs"
+            else []
+        )
+        # The record the reviewers deleted stays, marked, with its content.
+        assert set(marked) == reviewed[stream.name] - expected, stream.name
         assert len(keys) == len(set(keys))
-        assert set(keys) == expected, stream.name
+        assert set(keys) == expected | set(marked), stream.name
         sent_again = query(
             f"SELECT {stream.parent_key}, id FROM braintrust.{stream.name}"  # noqa: S608 - a test query
             f" WHERE _sdc_sync_started_at = {second_run}"
@@ -109,6 +119,7 @@ def test_demo_loads_postgres_then_sends_only_reviewed_rows_and_answers_the_recip
         assert len({owner for owner, _ in set(sent_again) - reviewed[stream.name]}) <= 1
         line = rf"\n  {stream.name} +{len(sent_again)}  the rows reviewed"
         assert re.search(line, done.stdout), stream.name
+    assert re.search(r"\n  dataset_events +\d+  the rows reviewed \(1 marked deleted", done.stdout)
     corrected = query(
         "SELECT expected #>> '{}' FROM braintrust.project_logs"
         " WHERE expected #>> '{}' LIKE 'Corrected by a reviewer%'"

@@ -24,7 +24,7 @@ from tests.activity import (
     window_keys,
     xact_floors,
 )
-from tests.conftest import API_KEY, TAP_EXECUTABLE, demo_of, tap_config
+from tests.conftest import API_KEY, TAP_EXECUTABLE, demo_of, is_delete_check, tap_config
 from tests.emulator import generate_logs, running_emulator
 from tests.emulator.btql import parse_query
 from tests.warehouse import Target, truth
@@ -172,7 +172,7 @@ def test_a_new_experiment_starts_from_start_date_while_old_ones_resume(
     assert [r["id"] for r in second.records("experiment_events")] == ["after"]
     after_xact = {}
     for request in emu.request_log:
-        if request.path == "/btql":
+        if request.path == "/btql" and not is_delete_check(request.json_body):
             query = parse_query(request.json_body["query"])
             if query.source == "experiment" and starts_a_read(request.json_body["query"]):
                 after_xact.update(xact_floors(request.json_body["query"]))
@@ -212,7 +212,7 @@ def _last_state(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return next(m["value"] for m in reversed(messages) if m["type"] == "STATE")
 
 
-@pytest.mark.parametrize("states_to_see", [2, 5, 9])
+@pytest.mark.parametrize("states_to_see", [2, 4, 5])
 def test_a_killed_run_resumed_from_its_last_state_loses_nothing(
     emu: Emulator,
     clock: ManualClock,

@@ -89,46 +89,6 @@ def test_values_reach_the_output_as_braintrust_sent_them(
         assert records[row_id] == {**row, "created": records[row_id]["created"]}
 
 
-def test_a_field_outside_the_schema_is_left_out_with_one_warning(
-    run_tap: Callable[..., TapRun],
-) -> None:
-    pages = [
-        [{"id": "a", "_xact_id": "11", "new_column": 1}],
-        [{"id": "b", "_xact_id": "12", "new_column": 2, "other_new": {}}],
-        [],
-    ]
-
-    def respond(handler: BaseHTTPRequestHandler) -> None:
-        path = urlsplit(handler.path).path
-        if path == "/v1/project":
-            objects = [] if "starting_after" in handler.path else [{"id": "p", "name": "p"}]
-            answer(handler, 200, {"objects": objects})
-            return
-        page = handler.page  # type: ignore[attr-defined]
-        data = [
-            {
-                **row,
-                "project_id": "p",
-                "created": "2026-01-01T00:00:00Z",
-                "_pagination_key": _key(page),
-            }
-            for row in pages[page]
-        ]
-        answer(handler, 200, {"data": data})
-
-    with serve(_remembering_page(respond)) as (url, _paths):
-        run = run_tap({"api_key": API_KEY, "api_url": url}, catalog=logs_catalog(run_tap))
-    assert run.returncode == 0, run.stderr
-    assert [sorted(r) for r in run.records("project_logs")] == [
-        ["_pagination_key", "_xact_id", "created", "id", "project_id"],
-        ["_pagination_key", "_xact_id", "created", "id", "project_id"],
-    ]
-    warnings = [line for line in run.stderr.splitlines() if "schema does not have" in line]
-    assert len(warnings) == 2, warnings  # once for new_column, once more for other_new
-    assert warnings[0].endswith("left out: new_column")
-    assert warnings[1].endswith("left out: new_column, other_new")
-
-
 def _key(page: int) -> str:
     """The `_pagination_key` of the one row on page `page` of a fake server."""
     return f"p{page:020d}"

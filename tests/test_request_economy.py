@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from tests.conftest import TapRun
     from tests.emulator import Emulator
+    from tests.emulator.store import RowSource
 
 DATA = Path(__file__).parent / "data"
 PAGE_BUDGET = 512_000
@@ -128,10 +129,38 @@ def test_a_sync_costs_requests_in_proportion_to_what_changed(
             assert (object_id, row_id) in received[name], (source, object_id, row_id)
         target.load(small.messages)
         assert target.differences(truth(emu)) == []
+
+        # Rows deleted in 3 datasets and 2 experiments: they arrive marked, at a cost for
+        # those objects only: the ids at the old version (a page: it stops at its count),
+        # the ids now (a page and the empty one that ends it), the rows' content, and a
+        # page more here and there.
+        deleted = set()
+        targets: tuple[tuple[RowSource, tuple[str, ...]], ...] = (
+            ("dataset", org.datasets[:3]),
+            ("experiment", org.experiments[:2]),
+        )
+        for kind, object_ids in targets:
+            for object_id in object_ids:
+                ids = [row["id"] for row in emu.store.rows(kind, object_id)[:2]]
+                emu.store.delete_rows(kind, object_id, ids)
+                deleted |= {(object_id, row_id) for row_id in ids}
+        emu.request_log.clear()
+        after = run_tap(tap_config(emu), state=small.final_state)
+        assert after.returncode == 0, after.stderr
+        deletes_requests = len(_btql_requests(emu))
+        marked = {
+            (r[stream.parent_key], r["id"])
+            for stream in ROW_STREAMS
+            for r in after.records(stream.name)
+            if r.get("_sdc_deleted_at")
+        }
+        assert marked == deleted
+        assert deletes_requests <= idle_requests + 5 * 5
     print(  # noqa: T201 - figures for the README and the closing note
         f"\nwide org /btql requests ({'2026' if sorted_cursor else '2025'} server): "
         f"full {full_requests} (floor {floor}), idle {idle_requests}, "
-        f"small change {small_requests} ({sum(map(len, received.values()))} rows)"
+        f"small change {small_requests} ({sum(map(len, received.values()))} rows), "
+        f"after deletes in 5 objects {deletes_requests}"
     )
 
 
@@ -170,8 +199,9 @@ def test_a_state_from_an_earlier_release_resumes_without_rereading_anything(
         assert {key: floors[key] for key in resumed} == resumed
         assert sorted(floors[key] for key in floors.keys() - resumed.keys()) == [0, 0]
         # Per kind one read of the objects that resume, and for experiments and datasets one
-        # of the two new since (no query mixes two starts), each a page and the empty end.
-        assert len(_btql_requests(emu)) <= (3 + 2) * 2
+        # of the two new since (no query mixes two starts), each a page and the empty end;
+        # and one count per kind, the first of delete detection.
+        assert len(_btql_requests(emu)) <= (3 + 2) * 2 + 2
         # The new state keeps one partition per object, under the same context keys.
         for stream in ROW_STREAMS:
             before = [p["context"] for p in state["bookmarks"][stream.name]["partitions"]]

@@ -85,11 +85,20 @@ def scores_by_model(rows: Iterable[dict[str, Any]], score: str) -> dict[str | No
     return grouped
 
 
+MARK = "_sdc_deleted_at"
+"""The tap's deletion marker: a record carrying it is of a row deleted in Braintrust."""
+
+
 @dataclass
 class Target:
-    """Tables rebuilt by upsert on (parent id, id), the streams' key properties."""
+    """Tables rebuilt by upsert on (parent id, id), the streams' key properties.
+
+    `tables` holds the live rows (a marked record moves its row to `marked`), without the
+    marker, so they compare with the emulator's visible rows.
+    """
 
     tables: dict[str, Table] = field(default_factory=lambda: {n: {} for n in ROW_STREAM_NAMES})
+    marked: dict[str, Table] = field(default_factory=lambda: {n: {} for n in ROW_STREAM_NAMES})
     loaded: dict[str, list[Key]] = field(default_factory=dict)
 
     def load(self, messages: Iterable[dict[str, Any]]) -> dict[str, list[Key]]:
@@ -99,9 +108,16 @@ class Target:
         for message in messages:
             if message["type"] != "RECORD" or message["stream"] not in keys_by_stream:
                 continue
-            record = message["record"]
+            record = dict(message["record"])
+            deleted = record.pop(MARK, None)
             key = (record[keys_by_stream[message["stream"]]], record["id"])
-            self.tables[message["stream"]][key] = record
+            live, marked = self.tables[message["stream"]], self.marked[message["stream"]]
+            if deleted:
+                live.pop(key, None)
+                marked[key] = record
+            else:
+                marked.pop(key, None)
+                live[key] = record
             received[message["stream"]].append(key)
         self.loaded = received
         return received
