@@ -199,9 +199,9 @@ def postgres_demo(files: DemoFiles, seed: int) -> int:
             raise DemoError(msg)
         reviewed = review(emulator.store, emulator.demo)
         print(
-            "\nMeanwhile reviewers annotate "
+            "\nMeanwhile reviewers annotate or delete "
             + ", ".join(f"{len(keys)} {table}" for table, keys in reviewed.items())
-            + " (human scores, corrected answers, a comment)"
+            + " (human scores, corrected answers, a comment, a dataset record removed)"
         )
         second = run_pipeline(files, project, emulator, "tap-braintrust", "target-postgres")
         print(second.describe("Second run, incremental"))
@@ -357,8 +357,8 @@ def review(store: Store, demo: Demo) -> dict[str, set[tuple[str, str]]]:
     """What reviewers do between two syncs, now; the (object id, row id) of each row touched.
 
     Log roots get a user rating and a corrected answer (so the user-corrections recipe
-    finds them), dataset records a corrected `expected`, an eval row a human score, and one
-    log row a comment.
+    finds them), dataset records a corrected `expected` (and one is deleted), an eval row a
+    human score, and one log row a comment.
     """
     touched: dict[str, set[tuple[str, str]]] = {table: set() for table, _ in ROW_TABLES.values()}
     project = demo.projects[0]["id"]
@@ -391,6 +391,10 @@ def review(store: Store, demo: Demo) -> dict[str, set[tuple[str, str]]]:
         "dataset", dataset, [{"id": r["id"], "expected": "A corrected answer"} for r in records]
     )
     touched["dataset_events"] |= {(dataset, record["id"]) for record in records}
+    # And one record is removed from the golden set: the next run marks it deleted.
+    dropped = max(store.rows("dataset", dataset), key=lambda row: row["id"])
+    store.delete_rows("dataset", dataset, [dropped["id"]])
+    touched["dataset_events"].add((dataset, dropped["id"]))
     experiment = demo.experiments[0]["id"]
     row = min(store.rows("experiment", experiment), key=lambda row: row["id"])
     store.merge_rows("experiment", experiment, [{"id": row["id"], "scores": {"human": 1.0}}])
@@ -440,6 +444,13 @@ def rewritten_summary(
         else:
             again = set(written) - reviewed[name]
             note = "the rows reviewed" if set(written) >= reviewed[name] else "NOT all reviewed"
+            marked = query(
+                f"SELECT count(*) FROM {SCHEMA}.{name}"  # noqa: S608 - fixed names
+                f" WHERE _sdc_extracted_at > '{since.isoformat()}'"
+                " AND _sdc_deleted_at IS NOT NULL"
+            ).rows[0][0]
+            if marked:
+                note += f" ({marked} marked deleted, content kept)"
             if again:
                 note += f", and {len(again)} in the lookback window"
             rows.append((name, len(written), note))

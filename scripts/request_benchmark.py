@@ -1,7 +1,8 @@
 """How many `/btql` requests a sync costs on a wide org (issue 13, "Request economy").
 
 Run through `bash scripts/request-benchmark [--tap-executable PATH] [--seed S]
-[--page-byte-budget B] [--state-out FILE] [--server 2026|2025]`. Hosted Braintrust allows
+[--page-byte-budget B] [--state-out FILE] [--server 2026|2025]`, or `--delete-cost ROWS` for
+what finding one deleted record costs in a dataset of ROWS rows. Hosted Braintrust allows
 about 20 `/btql` requests a minute per org, shared with everyone using it, so on an org of many
 small objects a sync's cost is its number of requests, not its bytes. The emulator, in its own
 process, holds the issue's wide org (`generate_wide_org`: 8 projects of 400 log rows, 320
@@ -20,6 +21,9 @@ client's own counters:
   (after one listing each), 1000 rows a page, each page after the last row's
   (`_xact_id`, `_pagination_key`) until an empty one; it must read as many rows as the full
   sync;
+- `after deletes`: 2 rows deleted in each of 3 datasets and 2 experiments, then the tap from
+  the small change's state; each deleted row must arrive marked (`_sdc_deleted_at`), and
+  nothing else;
 - `floor client (cursor)`, with `--server 2026` only: the same read following the server
   cursor on the `_xact_id` sort, which only the 2026 reference documents (the emulator takes
   it for this run alone).
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
 
     import requests
 
+    from tests.emulator import Emulator
     from tests.emulator.generator import SmallChange, WideOrg
     from tests.emulator.store import RowSource
 
@@ -80,8 +85,9 @@ def _serve_wide(seed: int, page_byte_budget: int, sorted_cursor: bool, pipe: Con
     """The emulator's process: make the wide org, serve it, answer the parent until "stop".
 
     Messages: `("log", n)` → (method, path, status, /btql row source) of each request after
-    the first n; `("change",)` → the small change, written now; `("strict", flag)` → the
-    emulator's dialect check on or off.
+    the first n; `("change",)` → the small change, written now; `("deletes",)` → rows
+    deleted now in 3 datasets and 2 experiments; `("strict", flag)` → the emulator's dialect
+    check on or off.
     """
     from tests.emulator import Emulator  # noqa: PLC0415 - a test fixture
     from tests.emulator.generator import generate_wide_org, wide_org_small_change  # noqa: PLC0415
@@ -99,8 +105,22 @@ def _serve_wide(seed: int, page_byte_budget: int, sorted_cursor: bool, pipe: Con
             elif message[0] == "strict":
                 emulator.strict = message[1]
                 pipe.send(None)
+            elif message[0] == "deletes":
+                pipe.send(_delete_some(emulator, org))
             else:
                 pipe.send(wide_org_small_change(emulator.store, org, seed=seed))
+
+
+def _delete_some(emulator: Emulator, org: WideOrg) -> frozenset[RowKey]:
+    """Delete 2 rows in each of 3 datasets and 2 experiments; their keys."""
+    deleted: set[RowKey] = set()
+    targets: list[tuple[RowSource, str]] = [("dataset", d) for d in org.datasets[:3]]
+    targets += [("experiment", e) for e in org.experiments[:2]]
+    for source, object_id in targets:
+        ids = [row["id"] for row in emulator.store.rows(source, object_id)[:2]]
+        emulator.store.delete_rows(source, object_id, ids)
+        deleted.update((source, object_id, row_id) for row_id in ids)
+    return frozenset(deleted)
 
 
 def _btql_source(body: Any) -> str | None:
@@ -168,6 +188,11 @@ class WideOrgEmulator(EmulatorProcess):
         """Turn the emulator's check of the evidenced dialect on or off."""
         self.ask(("strict", on))
 
+    def delete_some(self) -> frozenset[RowKey]:
+        """Delete rows in 3 datasets and 2 experiments now; which."""
+        deleted: frozenset[RowKey] = self.ask(("deletes",))
+        return deleted
+
     def small_change(self) -> SmallChange:
         """Write the issue's small change now; what it touched."""
         change: SmallChange = self.ask(("change",))
@@ -187,6 +212,7 @@ class Run:
     seconds: float
     state: dict[str, Any] | None = None
     row_keys: frozenset[RowKey] = field(default=frozenset(), repr=False)
+    marked: frozenset[RowKey] = field(default=frozenset(), repr=False)
 
     @property
     def rows(self) -> int:
@@ -230,6 +256,7 @@ def run_tap(  # noqa: PLR0913
         raise RuntimeError(msg)
     records: Counter[str] = Counter()
     keys: set[RowKey] = set()
+    marked: set[RowKey] = set()
     final_state = None
     with output.open("rb") as lines:
         for line in lines:
@@ -241,10 +268,13 @@ def run_tap(  # noqa: PLR0913
                 records[stream] += 1
                 if stream in ROW_STREAMS:
                     source, parent = ROW_STREAMS[stream]
-                    keys.add((source, record[parent], record["id"]))
+                    key = (source, record[parent], record["id"])
+                    (marked if record.get("_sdc_deleted_at") else keys).add(key)
             elif message["type"] == "STATE":
                 final_state = message["value"]
-    return Run(name, requests, dict(records), seconds, final_state, frozenset(keys))
+    return Run(
+        name, requests, dict(records), seconds, final_state, frozenset(keys), frozenset(marked)
+    )
 
 
 def list_ids(session: requests.Session, url: str, kind: str) -> list[str]:
@@ -305,9 +335,19 @@ def run_floor(emulator: WideOrgEmulator, paging: str) -> Run:
 # Report ------------------------------------------------------------------------------------
 
 
-def checks(org: WideOrg, runs: Sequence[Run], change: SmallChange) -> list[str]:
-    """What must hold for the figures to mean anything (runs: full, idle, change, floors)."""
-    full, _, changed, *floors = runs
+def checks(
+    org: WideOrg,
+    runs: Sequence[Run],
+    change: SmallChange,
+    deleted: frozenset[RowKey],
+    *,
+    detects_deletes: bool,
+) -> list[str]:
+    """What must hold for the figures to mean anything (full, idle, change, deletes, floors).
+
+    The deleted rows arrive marked, and nothing else, unless `detect_deletes` is off.
+    """
+    full, _, changed, after_deletes, *floors = runs
     problems = [
         f"{run.name}: {run.records.get(stream, 0)} {stream} rows, the org has {org.rows(source)}"
         for stream, (source, _) in ROW_STREAMS.items()
@@ -325,6 +365,11 @@ def checks(org: WideOrg, runs: Sequence[Run], change: SmallChange) -> list[str]:
         problems.append(
             f"small change: {len(missing)} of {len(change.changed)} changed rows never arrived, "
             f"e.g. {sorted(missing)[:3]}"
+        )
+    if after_deletes.marked != (deleted if detects_deletes else frozenset()):
+        problems.append(
+            f"after deletes: marked {len(after_deletes.marked)} rows, deleted {len(deleted)}; "
+            f"e.g. {sorted(after_deletes.marked ^ deleted)[:3]}"
         )
     failed = [run.name for run in runs if run.requests.failed]
     if failed:
@@ -366,6 +411,65 @@ def report(  # noqa: PLR0913, PLR0917 - one report, all its parts
     return "\n".join(lines)
 
 
+def delete_cost(tap: Path, rows: int) -> str:
+    """What finding one deleted record costs in a dataset of `rows` rows, in `/btql` requests.
+
+    Its own emulator, in this process: one dataset written in transactions of 10,000 rows,
+    a full sync, the record in the middle deleted, then the measured run.
+    """
+    from tests.emulator import running_emulator  # noqa: PLC0415 - a test fixture
+
+    with running_emulator(api_key=API_KEY) as emulator, tempfile.TemporaryDirectory() as work:
+        project = emulator.store.add_project("big")
+        dataset = emulator.store.add_dataset(project["id"], "golden")["id"]
+        for start in range(0, rows, 10_000):
+            batch = range(start, min(rows, start + 10_000))
+            emulator.store.insert_rows(
+                "dataset", dataset, [{"id": f"r{n:07d}", "input": n} for n in batch]
+            )
+        config = Path(work) / "config.json"
+        config.write_text(json.dumps({"api_url": emulator.url, "api_key": API_KEY}))
+        state = Path(work) / "state.json"
+        costs = []
+        for run in ("full", "after"):
+            command = [str(tap), "--config", str(config)]
+            if run == "after":
+                victim = f"r{rows // 2:07d}"
+                emulator.store.delete_rows("dataset", dataset, [victim])
+                command += ["--state", str(state)]
+            before = len(emulator.request_log)
+            done = subprocess.run(command, capture_output=True, check=True, cwd=work)  # noqa: S603
+            lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+            state.write_text(
+                json.dumps(next(m for m in reversed(lines) if m["type"] == "STATE")["value"])
+            )
+            marked = [
+                m["record"]["id"]
+                for m in lines
+                if m["type"] == "RECORD" and m["record"].get("_sdc_deleted_at")
+            ]
+            costs.append(
+                sum(
+                    1
+                    for r in emulator.request_log[before:]
+                    if r.path == "/btql" and _is_detection(r.json_body)
+                )
+            )
+        if marked != [victim]:
+            msg = f"delete cost: marked {marked}, deleted {victim}"
+            raise RuntimeError(msg)
+    return f"one deleted record in {rows:,} rows: {costs[1]} delete-detection requests"
+
+
+def _is_detection(body: Any) -> bool:
+    """Whether a `/btql` body is delete detection's: a count, or a read of ids or at a version."""
+    query = body.get("query")
+    if isinstance(query, str):
+        return " AS row_count" in query
+    select = [item.get("alias") for item in query.get("select", [])]
+    return "version" in body or select == ["id", "_pagination_key"]
+
+
 def _progress(run: Run) -> None:
     print(
         f"  {run.name}: {run.requests.btql} /btql, {run.requests.listings} listing requests, "
@@ -395,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
         help="2025: sorted queries get no cursor, as the 2025 BTQL reference reads",
     )
     parser.add_argument(
+        "--delete-cost",
+        type=int,
+        metavar="ROWS",
+        help="only measure what one deleted record costs in a dataset of ROWS rows",
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -406,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         name: json.loads(value) for name, _, value in (s.partition("=") for s in args.setting)
     }
+    if args.delete_cost:
+        print(delete_cost(tap, args.delete_cost))
+        return 0
     started = time.monotonic()
     print(f"making the wide org (seed {args.seed}) ...", flush=True)
     emulator = WideOrgEmulator(
@@ -431,11 +544,16 @@ def main(argv: list[str] | None = None) -> int:
             change = emulator.small_change()
             changed = run_tap("small change", emulator, tap, work, idle.state, settings=settings)
             _progress(changed)
+            deleted = emulator.delete_some()
+            after = run_tap("after deletes", emulator, tap, work, changed.state, settings=settings)
+            _progress(after)
     finally:
         emulator.stop()
-    runs = (full, idle, changed, *floors)
+    runs = (full, idle, changed, after, *floors)
     print(report(tap, args.page_byte_budget, org, runs, change, args.server))
-    problems = checks(org, runs, change)
+    problems = checks(
+        org, runs, change, deleted, detects_deletes=settings.get("detect_deletes", True)
+    )
     if not problems:
         print(
             f"\nChecks passed: every changed row ({len(change.changed)}) arrived; the floor "
