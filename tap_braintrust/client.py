@@ -309,6 +309,8 @@ class ObjectListingStream(BraintrustStream):
     timestamp_fields: tuple[str, ...] = ("created", "deleted_at")
     _marked: list[dict[str, Any]]
     """The objects this run marked deleted, set with `objects`."""
+    _delivered: Delivered | None = None
+    """What state keeps of the delivered objects, when this run marks deletes."""
 
     @property
     @override
@@ -361,7 +363,12 @@ class ObjectListingStream(BraintrustStream):
             return []
         delivered = Delivered(self.name, self.stream_state, self.logger)
         gone = delivered.gone(objects, self.still_selected, self.config["max_deleted_share"])
-        delivered.remember(objects, gone)
+        if gone:
+            # Not listed is not yet gone: a listing cut short, or an object renamed out of a
+            # selection by name, is still there when asked for by id.
+            still = self.still_listed(obj["id"] for obj in gone)
+            gone = [obj for obj in gone if obj["id"] not in still]
+        self._delivered = delivered
         if not gone:
             return []
         self.logger.warning(
@@ -377,11 +384,16 @@ class ObjectListingStream(BraintrustStream):
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
         # Copies: post_process edits the records, and the row streams read these later.
         objects = self.objects
-        yield from (dict(obj) for obj in (*objects, *self._marked))
-        # The tap's writer holds messages until a STATE message, and none follows when the
-        # state is as last written: the records go out now, not at exit.
-        if isinstance(writer := self._tap.message_writer, BufferedMessageWriter):
-            writer.flush()
+        try:
+            yield from (dict(obj) for obj in (*objects, *self._marked))
+            # Only once the marks are out: a run that fails before marks them next time.
+            if self._delivered is not None:
+                self._delivered.remember(objects, self._marked)
+        finally:
+            # The tap's writer holds messages until a STATE message, and none follows when
+            # the state is as last written: the records go out now, not at exit.
+            if isinstance(writer := self._tap.message_writer, BufferedMessageWriter):
+                writer.flush()
 
     def still_listed(self, object_ids: Iterable[str]) -> set[str]:
         """Which of the objects a fresh listing shows.

@@ -47,11 +47,12 @@ class Delivered:
     def objects(self) -> dict[str, dict[str, Any]]:
         """The kept fields of every object an earlier run delivered, by id."""
         kept = self.state.get(DELIVERED_KEY, {})
-        if not isinstance(kept, dict) or not all(isinstance(v, dict) for v in kept.values()):
+        if not isinstance(kept, dict) or not all(_well_formed(v) for v in kept.values()):
             msg = (
                 f"The state of {self.stream} has a {DELIVERED_KEY!r} that is not an object of "
-                "objects by id; remove that key from the state (no object is then marked "
-                "deleted until a later run has delivered them again)"
+                "objects by id, each of strings (`public` a boolean); remove that key from "
+                "the state (no object is then marked deleted until a later run has "
+                "delivered them again)"
             )
             raise BraintrustError(msg)
         return kept
@@ -101,6 +102,14 @@ class Delivered:
                 entry["name"] = name[:_LONGEST_NAME]
             kept[obj["id"]] = entry
         self.state[DELIVERED_KEY] = kept
+
+
+def _well_formed(fields: Any) -> bool:
+    """Whether kept fields are what `remember` writes: strings (`public` a boolean) or null."""
+    return isinstance(fields, dict) and all(
+        value is None or isinstance(value, bool if name == "public" else str)
+        for name, value in fields.items()
+    )
 
 
 def check_org(state: dict[str, Any], listed: list[dict[str, Any]]) -> None:

@@ -44,7 +44,7 @@ from tap_braintrust.transport import AccessDeniedError, GroupTooBigError, QueryR
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Collection, Iterable, Iterator, Mapping
 
     from tap_braintrust.client import BtqlPage
     from tap_braintrust.queries import FieldPath, PagedQuery, RowSource
@@ -200,6 +200,10 @@ class _Object:
     """Rows read this run with keys above the last bound: id -> (`_xact_id`, key)."""
     back: dict[str, str] = field(default_factory=dict)
     """Rows marked deleted by an earlier run and read again this run: id -> key."""
+    read: set[str] = field(default_factory=set)
+    """Every row read live this run: never marked, whatever the counts say."""
+    marked: frozenset[str] = frozenset()
+    """The ids the last count's runs marked, for looking up."""
     found: set[str] = field(default_factory=set)
     """Rows this run found deleted."""
 
@@ -225,7 +229,13 @@ class DeleteFinder:
         last = Count.from_state(state.get(CHECK_KEY))
         if last is not None and last.created_since != self.created_since:
             last = None  # `start_date` changed: counted afresh
-        self._objects[object_id] = _Object(object_id, state, last, _lowest_key(created))
+        self._objects[object_id] = _Object(
+            object_id,
+            state,
+            last,
+            _lowest_key(created),
+            marked=frozenset(last.marked) if last else frozenset(),
+        )
 
     def saw(self, object_id: str, row: Mapping[str, Any], xact_id: int) -> None:
         """Note a row read this run: one first written above the last bound is new."""
@@ -233,18 +243,22 @@ class DeleteFinder:
         if part is None or part.last is None:
             return
         key, row_id = pagination_key_of(row), str(row.get("id"))
+        part.read.add(row_id)
         if key > part.last.keys_through:
             part.delivered[row_id] = (xact_id, key)
-        elif row_id in part.last.marked:
+        elif row_id in part.marked:
             part.back[row_id] = key
 
-    def deleted(self, watermarks: Mapping[str, int]) -> Iterator[dict[str, Any]]:
+    def deleted(
+        self, watermarks: Mapping[str, int], moved: Collection[str]
+    ) -> Iterator[dict[str, Any]]:
         """Each row deleted since the last run, as last read; then the new counts in state.
 
-        `watermarks`: each object's watermark after this run's read.
+        `watermarks`: each object's watermark after this run's read; `moved`: the objects
+        whose watermark this run moved.
         """
         try:
-            yield from self._deleted(watermarks)
+            yield from self._deleted(watermarks, moved)
         except DetectionRefusedError as exc:
             self.reader.logger.warning(
                 "%s: delete detection skipped this run: %s. Rows deleted since the last run "
@@ -253,13 +267,19 @@ class DeleteFinder:
                 exc,
             )
 
-    def _deleted(self, watermarks: Mapping[str, int]) -> Iterator[dict[str, Any]]:
+    def _deleted(
+        self, watermarks: Mapping[str, int], moved: Collection[str]
+    ) -> Iterator[dict[str, Any]]:
         parts = [part for part in self._objects.values() if part.object_id in watermarks]
         counted = [part for part in parts if part.last is not None]
         now_old = self._counts_by_bound(counted)
         counted = [part for part in counted if part.object_id in now_old]
         # Every row first written up to every watermark was read: the bound may move there.
-        read_through = [watermark for watermark in watermarks.values() if watermark]
+        # One whose watermark stayed (an idle object, on a server without freshness) read
+        # no row up to where the others' reads went, so it does not hold the bound down.
+        read_through = [watermarks[o] for o in moved if watermarks.get(o)] or [
+            watermark for watermark in watermarks.values() if watermark
+        ]
         bound = key_bound(min(read_through)) if read_through else None
         moves = bound is not None and (
             any(part.last is None for part in parts) or any(p.delivered for p in counted)
@@ -270,10 +290,15 @@ class DeleteFinder:
         for part in counted:
             assert part.last is not None  # noqa: S101 - counted ones have one
             tally_now, _ = now_old[part.object_id]
-            part.found = self._old_deletes(part, part.last, tally_now.rows)
-            if bound is not None and part.object_id in now_new:
-                live_above = now_new[part.object_id][0].rows - tally_now.rows
-                part.found |= self._new_deletes(part, bound, live_above)
+            try:
+                part.found = self._old_deletes(part, part.last, tally_now.rows)
+                if bound is not None and part.object_id in now_new:
+                    live_above = now_new[part.object_id][0].rows - tally_now.rows
+                    part.found |= self._new_deletes(part, bound, live_above)
+            except (AccessDeniedError, QueryRefusedError) as exc:
+                raise DetectionRefusedError(str(exc)) from exc
+            # A row this run read live was written again (maybe under a new key): not gone.
+            part.found -= part.read
             yield from self._content(part, part.found)
         for part in parts:
             last = part.last or Count(Tally(0), "", 0, self.created_since)
@@ -371,6 +396,9 @@ class DeleteFinder:
         back = sorted(part.back.values())
         if rows_now - len(back) >= last.tally.rows:
             return set()
+        if not rows_now and part.object_id not in self.reader.still_listed([part.object_id]):
+            self._say_gone({part.object_id})  # a count leaves a deleted object out
+            return set()
         keys = last.tally.keys(KeyRange(part.lowest_key, last.keys_through))
         try:
             return self._locate(
@@ -397,17 +425,18 @@ class DeleteFinder:
         one tighten it), until a range holds at most a page of rows.
         """
         then, now = counts
-        back = [key for key in back if keys.holds(key)]
+        inside = [key for key in back if keys.holds(key)]
+        now -= len(back) - len(inside)  # counted with `now`, but outside this range
+        back = inside
         if now - len(back) >= then:
             return set()  # a row back under an old key unmarked may hide a delete: none
-        if then <= MAX_PAGE_SIZE or not self._pinned_counts:
+        low = _key_number(keys.above) if keys.above is not None else 0
+        high = _key_number(keys.through)
+        if then <= MAX_PAGE_SIZE or not self._pinned_counts or high - low < 2:  # noqa: PLR2004
             # Rows at a version never change, so that read stops at its count; now, a row
             # may come back meanwhile, so that one reads to the end.
-            return self._ids(object_id, keys, version, then) - self._ids(
-                object_id, keys, None, None
-            )
-        low = _key_number(keys.above) if keys.above is not None else 0
-        middle = _key((low + _key_number(keys.through)) // 2)
+            return self._ids(object_id, keys, version, then) - self._ids(object_id, keys)
+        middle = _key((low + high) // 2)
         lower, upper = KeyRange(keys.above, middle), KeyRange(middle, keys.through)
         try:
             lower_then = self._single_count(object_id, lower, version)
@@ -422,16 +451,27 @@ class DeleteFinder:
             )
             return self._locate(object_id, keys, version, counts, back)
         if not lower_then.rows:
-            # All of them above: their own first and last keys skip the empty stretch
-            # (keys hold seconds, so a gap of hours would take dozens of halvings). Only
-            # rows back under old keys can be live there now.
-            tight = self._single_count(object_id, upper, version).keys(upper)
-            lower_now = sum(1 for key in back if lower.holds(key))
-            return self._locate(object_id, tight, version, (then, now - lower_now), back)
+            # All of them above: their own count and keys there skip the empty stretch
+            # (keys hold seconds, so a gap of hours would take dozens of halvings).
+            upper_then = self._single_count(object_id, upper, version)
+            if not upper_then.rows:
+                return set()  # none then: nothing to have been deleted
+            tight = upper_then.keys(upper)
+            return self._locate(object_id, tight, version, (upper_then.rows, now), back)
         lower_now = self._single_count(object_id, lower, None).rows
         return self._locate(
-            object_id, lower_then.keys(lower), version, (lower_then.rows, lower_now), back
-        ) | self._locate(object_id, upper, version, (then - lower_then.rows, now - lower_now), back)
+            object_id,
+            lower_then.keys(lower),
+            version,
+            (lower_then.rows, lower_now),
+            [key for key in back if lower.holds(key)],
+        ) | self._locate(
+            object_id,
+            upper,
+            version,
+            (then - lower_then.rows, now - lower_now),
+            [key for key in back if upper.holds(key)],
+        )
 
     def _single_count(self, object_id: str, keys: KeyRange, version: int | None) -> Tally:
         query = CountQuery(self.source, (object_id,), keys, self.created_since, version)
@@ -439,15 +479,23 @@ class DeleteFinder:
         return tallies.get(object_id, Tally(0))
 
     def _ids(
-        self, object_id: str, keys: KeyRange, version: int | None, expected: int | None
+        self,
+        object_id: str,
+        keys: KeyRange,
+        version: int | None = None,
+        expected: int | None = None,
     ) -> set[str]:
-        """The ids in `keys` at `version` (None: now); `expected`: stop after that many."""
+        """The ids in `keys` at `version`; `expected`: stop after that many.
+
+        Without a version (now), `start_date` does not apply: a row rewritten with an older
+        `created` is still there.
+        """
         query = KeyScanQuery(
             self.source,
             object_id,
             keys,
             columns=_ID_COLUMNS,
-            created_since=self.created_since,
+            created_since=None if version is None else self.created_since,
             version=version,
             expected=expected,
         )
@@ -462,7 +510,7 @@ class DeleteFinder:
         if live_above >= len(delivered):
             return set()
         keys = KeyRange(part.last.keys_through, bound)
-        return set(delivered) - self._ids(part.object_id, keys, None, None)
+        return set(delivered) - self._ids(part.object_id, keys)
 
     def _content(self, part: _Object, found: set[str]) -> Iterator[dict[str, Any]]:
         """The deleted rows as last read: at the last count's version, or as read this run."""

@@ -128,25 +128,33 @@ class ProjectsStream(ObjectListingStream):
         # Projects are listed before anything else is read, so a misnamed project fails the
         # run before any experiment or dataset of the others is emitted.
         delivered = self.stream_state.get(DELIVERED_KEY)
-        if self.config.get("detect_deletes", True):
-            check_org(self.stream_state, objects)
         if self.config.get("detect_deletes", True) and isinstance(delivered, dict) and delivered:
-            if not objects and not any(True for _ in itertools.islice(self._listing({}), 1)):
+            # The org from any project the key sees (the selection may list none of them).
+            seen = objects or list(itertools.islice(self._listing({}), 1))
+            if not seen:
                 msg = (
                     "The API key sees no project at all, where earlier runs delivered "
                     f"{len(delivered)}: it lost its access, or belongs to another org. Check "
                     "`api_key` and `org_name`; nothing was marked deleted"
                 )
                 raise BraintrustError(msg)
-            # A configured project an earlier run delivered and that is gone is marked.
-            objects = [
-                *objects,
-                *(
+            check_org(self.stream_state, seen)
+            # A configured project an earlier run delivered, and that no listing by id shows
+            # any more, is gone (marked), not misconfigured.
+            if missing := self.selection.missing(objects):
+                named = [
                     {**fields, "id": project_id}
                     for project_id, fields in delivered.items()
                     if isinstance(fields, dict)
-                ),
-            ]
+                    and (
+                        project_id in self.selection.ids
+                        or fields.get("name") in self.selection.names
+                    )
+                ]
+                listed = self.still_listed(project["id"] for project in named) if named else set()
+                objects = [*objects, *(p for p in named if p["id"] not in listed)]
+        elif self.config.get("detect_deletes", True):
+            check_org(self.stream_state, objects)
         if missing := self.selection.missing(objects):
             msg = (
                 f"Configured projects not found in Braintrust: {', '.join(missing)}. "
@@ -361,7 +369,8 @@ class EventStream(BtqlStream):
             object_id: parse_xact_id(read.state.get(WATERMARK_KEY)) or 0
             for object_id, read in self._reads.items()
         }
-        for row in finder.deleted(watermarks):
+        moved = {o for o, read in self._reads.items() if watermarks[o] != read.watermark}
+        for row in finder.deleted(watermarks, moved):
             row[schemas.DELETED_AT] = marked_at
             yield row
         self._write_state_message()

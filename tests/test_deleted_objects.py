@@ -186,3 +186,29 @@ def test_detect_deletes_off_keeps_no_objects_in_state(
 ) -> None:
     run = _ok(run_tap(tap_config(emulator, detect_deletes=False)))
     assert "delivered" not in json.dumps(run.final_state)
+
+
+def test_a_project_renamed_out_of_project_names_is_a_configuration_error_not_a_delete(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    project = demo_of(emulator).projects[0]
+    config = tap_config(emulator, project_names=[project["name"]])
+    first = _ok(run_tap(config))
+    emulator.store.rename_object("project", project["id"], "renamed")
+    second = run_tap(config, state=first.final_state)
+    assert second.returncode != 0
+    assert "Configured projects not found" in second.stderr
+    assert not any(_marked(second, s) for s in ("projects", "experiments", "datasets"))
+
+
+def test_another_orgs_key_fails_even_with_named_projects(
+    emulator: Emulator, run_tap: Callable[..., TapRun]
+) -> None:
+    project = demo_of(emulator).projects[0]
+    first = _ok(run_tap(tap_config(emulator, project_ids=[project["id"]])))
+    emulator.add_api_key("other-org-key", ["other-org"])
+    emulator.store.add_project("theirs", org_name="other-org")
+    config = {**tap_config(emulator, project_ids=[project["id"]]), "api_key": "other-org-key"}
+    second = run_tap(config, state=first.final_state)
+    assert second.returncode != 0
+    assert "earlier runs of this state read org" in second.stderr

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import pytest
+
 from tap_braintrust.timestamps import normalize_timestamp
 from tests.activity import START, ManualClock, demo_before_a_run
 from tests.conftest import API_KEY, tap_config
@@ -330,3 +332,67 @@ def test_detect_deletes_off_sends_no_count(
     _ok(run_tap(config, state=first.final_state))
     assert not _counts(emulator)
     assert "deleted_rows_check" not in json.dumps(first.final_state)
+
+
+@pytest.mark.parametrize("edge", ["first", "last"])
+def test_a_marked_row_written_again_at_the_edge_hides_no_other_delete(
+    run_tap: Callable[..., TapRun], edge: str
+) -> None:
+    """A row comes back under the lowest (or highest) key, which the last count left out."""
+    with running_emulator(api_key=API_KEY) as emu:
+        project = emu.store.add_project("p")
+        dataset = emu.store.add_dataset(project["id"], "d")["id"]
+        emu.store.insert_rows("dataset", dataset, [{"id": f"r{n}", "input": n} for n in range(10)])
+        first = _ok(run_tap(tap_config(emu)))
+        by_key = [r["id"] for r in sorted(emu.store.rows("dataset", dataset), key=_key)]
+        back = by_key[0] if edge == "first" else by_key[-1]
+        emu.store.delete_rows("dataset", dataset, [back])
+        second = _ok(run_tap(tap_config(emu), state=first.final_state))
+        assert set(_marked(second, "dataset")) == {back}
+        emu.store.insert_rows("dataset", dataset, [{"id": back, "input": "again"}])
+        emu.store.delete_rows("dataset", dataset, [by_key[5]])
+        third = _ok(run_tap(tap_config(emu), state=second.final_state))
+        assert set(_marked(third, "dataset")) == {by_key[5]}
+        assert _live(third, "dataset")[back]["input"] == "again"
+
+
+def _key(row: dict[str, Any]) -> str:
+    return str(row["_pagination_key"])
+
+
+def test_a_row_rewritten_with_a_created_before_start_date_is_not_marked(
+    run_tap: Callable[..., TapRun],
+) -> None:
+    with running_emulator(api_key=API_KEY) as emu:
+        project = emu.store.add_project("p")
+        dataset = emu.store.add_dataset(project["id"], "d", created="2020-01-01T00:00:00Z")["id"]
+        created = "2026-06-01T00:00:00.000Z"
+        emu.store.insert_rows(
+            "dataset", dataset, [{"id": f"r{n}", "input": n, "created": created} for n in range(5)]
+        )
+        config = tap_config(emu, start_date="2026-01-01T00:00:00Z")
+        first = _ok(run_tap(config))
+        # Re-logged with an older `created`: still in Braintrust, only outside start_date.
+        old = "2025-12-31T00:00:00.000Z"
+        emu.store.insert_rows("dataset", dataset, [{"id": "r3", "input": "x", "created": old}])
+        second = _ok(run_tap(config, state=first.final_state))
+        assert not _marked(second, "dataset")
+
+
+def test_a_dataset_deleted_as_it_is_counted_costs_no_storm(
+    run_tap: Callable[..., TapRun],
+) -> None:
+    # The server leaves a deleted object's rows out of every answer (`missing`).
+    with running_emulator(api_key=API_KEY, deleted_sources="missing") as emu:
+        project = emu.store.add_project("p")
+        doomed = emu.store.add_dataset(project["id"], "a")["id"]
+        kept = emu.store.add_dataset(project["id"], "b")["id"]
+        emu.store.insert_rows("dataset", doomed, [{"id": f"r{n}", "input": n} for n in range(1500)])
+        emu.store.insert_rows("dataset", kept, [{"id": f"b{n}", "input": n} for n in range(5)])
+        first = _ok(run_tap(tap_config(emu)))
+        emu.faults.add(FaultRule("delete", path="/btql", sql_only=True, delete=("dataset", doomed)))
+        emu.request_log.clear()
+        second = _ok(run_tap(tap_config(emu), state=first.final_state))
+        assert not _marked(second, "dataset")
+        assert len(_btql(emu)) <= 8
+        assert "no longer listed" in second.stderr

@@ -537,6 +537,11 @@ class Store:
             ]
         return sorted(found, key=lambda o: (o["created"], o["id"]), reverse=True)
 
+    def rename_object(self, kind: ObjectKind, object_id: str, name: str) -> None:
+        """Rename a project, experiment or dataset, as a user does in the UI."""
+        with self._lock:
+            self._objects[kind][object_id]["name"] = name
+
     def delete_object(self, kind: ObjectKind, object_id: str) -> None:
         """Delete a project, experiment or dataset; a deleted project takes its children along.
 
