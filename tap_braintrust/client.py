@@ -140,6 +140,11 @@ class BraintrustStream(RESTStream[None]):
 
     @property
     @override
+    def metadata(self) -> MetadataMapping:
+        return schemas.deleted_at_automatic(super().metadata)
+
+    @property
+    @override
     def url_base(self) -> str:
         return str(self.config["api_url"]).rstrip("/")
 
@@ -197,6 +202,8 @@ class BraintrustStream(RESTStream[None]):
                 self._add_fields(sorted(new))
             for name in unknown & self._left_out_fields:
                 del row[name]
+        if schemas.DELETED_AT in self.schema["properties"]:
+            row.setdefault(schemas.DELETED_AT, None)  # live: clears an earlier mark
         for name in self.json_text_fields & row.keys():
             row[name] = json_text(row[name])
         return row
@@ -311,11 +318,6 @@ class ObjectListingStream(BraintrustStream):
     """The objects this run marked deleted, set with `objects`."""
     _delivered: Delivered | None = None
     """What state keeps of the delivered objects, when this run marks deletes."""
-
-    @property
-    @override
-    def metadata(self) -> MetadataMapping:
-        return schemas.deleted_at_automatic(super().metadata)
 
     def listing_scopes(self) -> list[dict[str, Any]]:
         """The filters of each listing to page through; one listing, unfiltered, by default."""
@@ -449,7 +451,6 @@ class ObjectListingStream(BraintrustStream):
         for field in self.timestamp_fields:
             if field in row:
                 row[field] = normalize_timestamp(row[field])
-        row.setdefault(schemas.DELETED_AT, None)  # live: clears an earlier mark
         return super().post_process(row, context)
 
 

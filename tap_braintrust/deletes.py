@@ -57,6 +57,7 @@ MAX_IDS_PER_COUNT = 1000
 """Most objects one count names: braintrust-migrate's cap on ids per source. A count is one
 small answer, so it is not held to `objects_per_query`; it is halved like a read when
 Braintrust finds it too wide."""
+_NOT_LOOKED_FOR = "its deleted rows are not looked for"
 _ID_COLUMNS: tuple[FieldPath, ...] = (("id",), ("_pagination_key",))
 _KEY_DIGITS = 20
 
@@ -77,6 +78,10 @@ class Reader(Protocol):
 
     def still_listed(self, object_ids: Iterable[str]) -> set[str]:
         """Which of the objects a fresh listing still shows."""
+        ...
+
+    def say_gone(self, gone: set[str], meanwhile: str) -> None:
+        """Warn of objects deleted since the listing, and what is done without them."""
         ...
 
 
@@ -348,7 +353,7 @@ class DeleteFinder:
                     if isinstance(exc, QueryRefusedError):
                         raise DetectionRefusedError(str(exc)) from exc
                     raise
-                self._say_gone(gone)
+                self.reader.say_gone(gone, _NOT_LOOKED_FOR)
                 pending = [object_id for object_id in group if object_id not in gone] + pending
                 continue
             counts.update({o: (tallies.get(o, Tally(0)), version) for o in group})
@@ -379,14 +384,6 @@ class DeleteFinder:
         # Without a freshness: the second before the count, by this clock.
         return tallies, freshness if freshness is not None else xact_at(started - 1)
 
-    def _say_gone(self, gone: set[str]) -> None:
-        self.reader.logger.warning(
-            "%s: %s no longer listed (deleted, or access lost) during the run; its deleted "
-            "rows are not looked for, and the next run marks it deleted",
-            self.reader.name,
-            ", ".join(sorted(gone)),
-        )
-
     def _old_deletes(self, part: _Object, last: Count, rows_now: int) -> set[str]:
         """Ids of rows up to the last bound live at its count and not now.
 
@@ -397,7 +394,8 @@ class DeleteFinder:
         if rows_now - len(back) >= last.tally.rows:
             return set()
         if not rows_now and part.object_id not in self.reader.still_listed([part.object_id]):
-            self._say_gone({part.object_id})  # a count leaves a deleted object out
+            # A count leaves a deleted object out: 0 rows.
+            self.reader.say_gone({part.object_id}, _NOT_LOOKED_FOR)
             return set()
         keys = last.tally.keys(KeyRange(part.lowest_key, last.keys_through))
         try:
@@ -407,7 +405,7 @@ class DeleteFinder:
         except (AccessDeniedError, QueryRefusedError):
             if part.object_id in self.reader.still_listed([part.object_id]):
                 raise
-            self._say_gone({part.object_id})
+            self.reader.say_gone({part.object_id}, _NOT_LOOKED_FOR)
             return set()
 
     def _locate(

@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
     from singer_sdk import Tap
     from singer_sdk.helpers.types import Context, Record
-    from singer_sdk.singerlib import MetadataMapping
 
     from tap_braintrust.custom import CustomStreamSpec
     from tap_braintrust.queries import PagedQuery
@@ -278,11 +277,6 @@ class EventStream(BtqlStream):
         super().__init__(tap, transport, name=name, schema=schema)
 
     @property
-    @override
-    def metadata(self) -> MetadataMapping:
-        return schemas.deleted_at_automatic(super().metadata)
-
-    @property
     def parent_key(self) -> str:
         """The object's id field: the state partition's key and a record field."""
         return OBJECT_ID_FIELD[self.source]
@@ -464,7 +458,7 @@ class EventStream(BtqlStream):
             gone = set(in_query) - self.still_listed(in_query)
             if not gone:
                 raise
-            self._say_gone(gone)
+            self.say_gone(gone, "reading the rest without it")
             rest = [read for read in group if read.bound.object_id not in gone]
             if rest:
                 yield from self._changes(query_for, rest, finished, progress.resumed())
@@ -472,13 +466,15 @@ class EventStream(BtqlStream):
         progress.finish()
         finished.append((group, progress))
 
-    def _say_gone(self, gone: set[str]) -> None:
+    def say_gone(self, gone: set[str], meanwhile: str) -> None:
+        """Warn of objects deleted (or out of reach) since the run's listing."""
         self.logger.warning(
-            "%s: %s %s no longer listed (deleted, or access lost) during the run; reading "
-            "the rest without it, and the next run marks it deleted",
+            "%s: %s %s no longer listed (deleted, or access lost) during the run; %s, and "
+            "the next run marks it deleted",
             self.name,
             self.parent_key.removesuffix("_id"),
             ", ".join(sorted(gone)),
+            meanwhile,
         )
 
     def _in_halves(
@@ -617,8 +613,6 @@ class EventStream(BtqlStream):
     def post_process(self, row: Record, context: Context | None = None) -> Record | None:
         if self._read_columns != self.columns:
             del row[PAGING_KEY[0]]
-        if self.finds_deletes:
-            row.setdefault(schemas.DELETED_AT, None)  # live: clears an earlier mark
         created = row["created"] = row.get("created")
         problem = None if created is None else f"{created!r} is not an ISO-8601 string"
         if isinstance(created, str):
